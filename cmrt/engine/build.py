@@ -1,0 +1,162 @@
+"""`cmrt build`: turn a checkpoint into a self-contained, verified engine folder.
+
+A folder is reused when its manifest's build key (source fingerprint + options) matches;
+anything else is rebuilt in a staging folder and swapped in atomically, so an interrupted
+build never leaves a folder that loads.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import numbers
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from .._atomic import staging_dir, write_json_atomic
+from ..registry import ModelSource, resolve_model
+from .manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, EngineFolderError, file_record, read_manifest
+
+logger = logging.getLogger(__name__)
+
+# Bump when the exported graph changes for the same source and options.
+EXPORT_RECIPE = 1
+DEFAULT_ENGINE_ROOT = Path("engines")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    precisions: tuple[str, ...] = ("fp32", "fp16")
+    opset: int = 17
+    min_batch: int = 1
+    opt_batch: int = 4
+    max_batch: int = 16
+
+    def __post_init__(self) -> None:
+        if not self.precisions or any(p not in ("fp32", "fp16") for p in self.precisions):
+            raise ValueError(f"precisions must be a non-empty subset of ('fp32', 'fp16'), got {self.precisions}")
+        for name in ("opset", "min_batch", "opt_batch", "max_batch"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise TypeError(f"{name} must be an integer, got {v!r}")
+        if not 14 <= self.opset <= 20:
+            raise ValueError(f"opset must be between 14 and 20 (17 is tested), got {self.opset}")
+        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
+            raise ValueError(
+                f"need 1 <= min_batch <= opt_batch <= max_batch, got {self.min_batch}, {self.opt_batch}, {self.max_batch}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["precisions"] = sorted(self.precisions)
+        return d
+
+
+def build_key(source_record: dict[str, Any], options: BuildOptions) -> str:
+    blob = json.dumps(
+        {"recipe": EXPORT_RECIPE, "format": FORMAT_VERSION, "source": source_record["fingerprint"], "options": options.to_dict()},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def default_engine_dir(source: ModelSource) -> Path:
+    return DEFAULT_ENGINE_ROOT / source.slug
+
+
+def _tool_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    versions = {"cmrt": __version__, "python": platform.python_version()}
+    for dist in ("torch", "diffusers", "onnx", "onnxruntime", "onnxruntime-gpu"):
+        try:
+            versions[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return versions
+
+
+def up_to_date(out: Path, key: str) -> bool:
+    """True when `out` is a complete folder built with this key (sizes checked, hashes at load)."""
+    if not (out / MANIFEST_NAME).is_file():
+        return False
+    try:
+        manifest = read_manifest(out, verify=False)
+    except EngineFolderError as e:
+        logger.info("existing folder %s is not usable (%s); rebuilding", out, e)
+        return False
+    return manifest.data.get("build_key") == key
+
+
+def build_engine_folder(
+    model: str,
+    out: str | Path | None = None,
+    options: BuildOptions | None = None,
+    force: bool = False,
+    revision: str | None = None,
+) -> Path:
+    """Build (or reuse) the engine folder for `model` and return its path."""
+    from tqdm.auto import tqdm
+
+    from ..export.loading import load_model, model_folder
+    from ..export.onnx_export import export_onnx, validate_onnx
+
+    options = options or BuildOptions()
+    source = resolve_model(model, revision=revision)
+    out = Path(out) if out is not None else default_engine_dir(source)
+    _, record = model_folder(source)
+    key = build_key(record, options)
+    if not force and up_to_date(out, key):
+        logger.info("engine folder %s is up to date; reusing it", out)
+        return out
+
+    t0 = time.perf_counter()
+    stages = ["load"] + [f"{s} {p}" for p in options.precisions for s in ("export", "validate")] + ["manifest"]
+    with tqdm(total=len(stages), desc=f"cmrt build {source.name}", unit="stage") as bar, staging_dir(out) as stage:
+        bar.set_postfix_str("load")
+        loaded = load_model(source)
+        unet = loaded.unet
+        bar.update()
+        onnx_entries: dict[str, Any] = {}
+        files: list[str] = []
+        for precision in options.precisions:
+            bar.set_postfix_str(f"export {precision}")
+            entry = export_onnx(unet, stage / f"unet.{precision}.onnx", precision, opset=options.opset)
+            bar.update()
+            bar.set_postfix_str(f"validate {precision}")
+            entry["validation"] = validate_onnx(unet, stage / entry["file"], precision)
+            bar.update()
+            files += entry.pop("files")
+            onnx_entries[precision] = entry
+        cfg = unet.config
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "build_key": key,
+            "created_unix": int(time.time()),
+            "source": loaded.source,
+            "unet": {
+                "class": "UNet2DModel",
+                "sample_size": int(cfg.sample_size),
+                "in_channels": int(cfg.in_channels),
+                "out_channels": int(cfg.out_channels),
+                "num_class_embeds": None if cfg.num_class_embeds is None else int(cfg.num_class_embeds),
+                "block_out_channels": list(cfg.block_out_channels),
+                "layers_per_block": int(cfg.layers_per_block),
+                "resnet_time_scale_shift": cfg.resnet_time_scale_shift,
+                "parameters": int(sum(p.numel() for p in unet.parameters())),
+            },
+            "scheduler": loaded.scheduler_config,
+            "build_options": options.to_dict(),
+            "onnx": onnx_entries,
+            "tools": _tool_versions(),
+            "files": {name: file_record(stage, name) for name in files},
+        }
+        write_json_atomic(stage / MANIFEST_NAME, manifest)
+        bar.update()
+    logger.info("built %s in %.1f s", out, time.perf_counter() - t0)
+    return out

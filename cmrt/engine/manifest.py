@@ -1,0 +1,148 @@
+"""The engine folder's manifest: the contract between build time and run time.
+
+The runtime reads only this JSON file and the files it lists; it never needs torch or the
+original checkpoint. Every file carries a SHA-256 so that a truncated copy or a hand-edited
+ONNX file is refused with a clear message instead of producing wrong images.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MANIFEST_NAME = "manifest.json"
+FORMAT = "cmrt-engine"
+FORMAT_VERSION = 1
+
+_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+class EngineFolderError(ValueError):
+    """An engine folder is missing, incomplete, tampered with, or from an incompatible cmrt."""
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """SHA-256 of a file, remembered per (path, size, mtime) so repeated loads in one process are free."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    cached = _HASH_CACHE.get(key)
+    if cached is not None:
+        return cached
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    digest = h.hexdigest()
+    _HASH_CACHE[key] = digest
+    return digest
+
+
+def file_record(folder: Path, name: str) -> dict[str, Any]:
+    p = folder / name
+    return {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A parsed manifest plus the folder it describes."""
+
+    folder: Path
+    data: dict[str, Any] = field(repr=False)
+
+    # --- facts the runtime needs -------------------------------------------------------
+    @property
+    def sample_size(self) -> int:
+        return int(self.data["unet"]["sample_size"])
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.data["unet"]["in_channels"])
+
+    @property
+    def num_class_embeds(self) -> int | None:
+        n = self.data["unet"].get("num_class_embeds")
+        return None if n is None else int(n)
+
+    @property
+    def scheduler_config(self) -> dict[str, Any]:
+        return dict(self.data["scheduler"])
+
+    @property
+    def min_batch(self) -> int:
+        return int(self.data["build_options"]["min_batch"])
+
+    @property
+    def max_batch(self) -> int:
+        return int(self.data["build_options"]["max_batch"])
+
+    @property
+    def source(self) -> dict[str, Any]:
+        return dict(self.data["source"])
+
+    @property
+    def precisions(self) -> list[str]:
+        return sorted(self.data["onnx"].keys())
+
+    def onnx_path(self, precision: str) -> Path:
+        if precision not in self.data["onnx"]:
+            raise EngineFolderError(
+                f"engine folder {self.folder} has no {precision!r} ONNX model (it has {self.precisions}); "
+                f"rebuild it with `cmrt build ... --precision {precision}`"
+            )
+        return self.folder / self.data["onnx"][precision]["file"]
+
+    def io_spec(self, precision: str) -> dict[str, Any]:
+        entry = self.data["onnx"][precision]
+        return {"inputs": entry["inputs"], "outputs": entry["outputs"]}
+
+
+_REQUIRED = ("format", "format_version", "source", "unet", "scheduler", "build_options", "onnx", "files", "tools")
+
+
+def read_manifest(folder: str | os.PathLike, verify: bool = True) -> Manifest:
+    """Read and check an engine folder. `verify` re-hashes every listed file (cached per process)."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise EngineFolderError(
+            f"engine folder {folder} does not exist; build it with `cmrt build MODEL --out {folder}`"
+        )
+    mpath = folder / MANIFEST_NAME
+    if not mpath.is_file():
+        raise EngineFolderError(
+            f"{folder} is not a cmrt engine folder (no {MANIFEST_NAME}); build one with `cmrt build MODEL --out {folder}`"
+        )
+    try:
+        data = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EngineFolderError(f"{mpath} is not valid JSON ({e}); rebuild the folder with `cmrt build`") from e
+    missing = [k for k in _REQUIRED if k not in data]
+    if missing or data.get("format") != FORMAT:
+        raise EngineFolderError(f"{mpath} is not a cmrt engine manifest (missing {missing}); rebuild with `cmrt build`")
+    if data["format_version"] != FORMAT_VERSION:
+        raise EngineFolderError(
+            f"{folder} was written by manifest format {data['format_version']}, this cmrt reads {FORMAT_VERSION}; "
+            "rebuild it with this cmrt's `cmrt build`"
+        )
+    for name, rec in data["files"].items():
+        p = folder / name
+        if not p.is_file():
+            raise EngineFolderError(f"engine folder {folder} is incomplete: {name} is missing; rebuild with `cmrt build`")
+        size = p.stat().st_size
+        if size != rec["bytes"]:
+            raise EngineFolderError(
+                f"{p} has {size} bytes, the manifest says {rec['bytes']}: the file was changed or truncated; "
+                "rebuild with `cmrt build`"
+            )
+        if verify and sha256_file(p) != rec["sha256"]:
+            raise EngineFolderError(
+                f"{p} does not match its checksum in {MANIFEST_NAME}: the file was modified after the build; "
+                "rebuild with `cmrt build`"
+            )
+    return Manifest(folder=folder, data=data)

@@ -1,0 +1,196 @@
+"""Trace a diffusers UNet2DModel into ONNX and check the result against PyTorch.
+
+The exported graph always has fp32 inputs and outputs, whatever its inner precision: the
+runtime then drives fp32 and fp16 graphs identically, and the timestep (t = 250 ln sigma,
+about 1095.5 at sigma = 80) is never rounded to fp16 or to an integer before the UNet's
+own sinusoidal embedding sees it.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+INPUT_SAMPLE = "sample"
+INPUT_TIMESTEP = "timestep"
+INPUT_CLASS_LABELS = "class_labels"
+OUTPUT = "model_output"
+# Above this many bytes of weights a single protobuf file cannot hold the graph (2 GiB limit).
+EXTERNAL_DATA_THRESHOLD = 1_500_000_000
+PRECISIONS = ("fp32", "fp16")
+# Acceptance bounds for export validation (max abs error against PyTorch fp32, UNet outputs).
+TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2}
+
+
+def _torch_dtype(precision: str):
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16}[precision]
+
+
+def make_wrapper(unet, precision: str):
+    """A module with the fixed cmrt I/O contract around a (copied, cast) UNet."""
+    import copy
+
+    import torch
+
+    from diffusers.utils import logging as diffusers_logging
+
+    dtype = _torch_dtype(precision)
+    diffusers_logging.set_verbosity_error()  # its fp16-cast advice targets from_pretrained users, not export
+    conditional = unet.config.num_class_embeds is not None
+
+    class UNetForExport(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.unet = copy.deepcopy(unet).to(dtype).eval()
+
+        def forward(self, sample, timestep, class_labels=None):
+            out = self.unet(sample.to(dtype), timestep, class_labels=class_labels, return_dict=False)[0]
+            return out.float()
+
+    wrapper = UNetForExport().eval()
+    wrapper.conditional = conditional
+    return wrapper
+
+
+def random_inputs(unet, batch: int, seed: int) -> dict[str, np.ndarray]:
+    """Inputs that look like sampling: scaled noise, timesteps over the whole sigma range, valid labels."""
+    rng = np.random.default_rng(seed)
+    s = unet.config.sample_size
+    feeds = {
+        INPUT_SAMPLE: rng.standard_normal((batch, unet.config.in_channels, s, s)).astype(np.float32),
+        INPUT_TIMESTEP: rng.uniform(250 * np.log(0.002), 250 * np.log(80.0), size=batch).astype(np.float32),
+    }
+    if unet.config.num_class_embeds is not None:
+        feeds[INPUT_CLASS_LABELS] = rng.integers(0, unet.config.num_class_embeds, size=batch).astype(np.int64)
+    return feeds
+
+
+def torch_reference(unet, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        labels = feeds.get(INPUT_CLASS_LABELS)
+        out = unet(
+            torch.from_numpy(feeds[INPUT_SAMPLE]),
+            torch.from_numpy(feeds[INPUT_TIMESTEP]),
+            class_labels=None if labels is None else torch.from_numpy(labels),
+            return_dict=False,
+        )[0]
+    return out.float().numpy()
+
+
+def io_spec(unet) -> dict[str, Any]:
+    s, c = unet.config.sample_size, unet.config.in_channels
+    inputs = [
+        {"name": INPUT_SAMPLE, "dtype": "float32", "shape": ["batch", c, s, s]},
+        {"name": INPUT_TIMESTEP, "dtype": "float32", "shape": ["batch"]},
+    ]
+    if unet.config.num_class_embeds is not None:
+        inputs.append({"name": INPUT_CLASS_LABELS, "dtype": "int64", "shape": ["batch"]})
+    outputs = [{"name": OUTPUT, "dtype": "float32", "shape": ["batch", unet.config.out_channels, s, s]}]
+    return {"inputs": inputs, "outputs": outputs}
+
+
+def weight_bytes(unet, precision: str) -> int:
+    per = 4 if precision == "fp32" else 2
+    return sum(p.numel() for p in unet.parameters()) * per
+
+
+def export_onnx(unet, out_file: Path, precision: str, opset: int = 17) -> dict[str, Any]:
+    """Export to `out_file` (plus `out_file.data` when the weights are too big for one protobuf)."""
+    import onnx
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    wrapper = make_wrapper(unet, precision)
+    feeds = random_inputs(unet, 2, seed=0)
+    args = tuple(torch.from_numpy(v) for v in feeds.values())
+    names = list(feeds)
+    dynamic = {n: {0: "batch"} for n in names + [OUTPUT]}
+    out_file = Path(out_file)
+    external = weight_bytes(unet, precision) > EXTERNAL_DATA_THRESHOLD
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="cmrt-export-", dir=out_file.parent) as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about shape asserts in diffusers blocks
+            torch.onnx.export(
+                wrapper,
+                args,
+                str(raw),
+                dynamo=False,
+                opset_version=opset,
+                input_names=names,
+                output_names=[OUTPUT],
+                dynamic_axes=dynamic,
+                do_constant_folding=True,
+            )
+        model = onnx.load(str(raw), load_external_data=True)
+        model.doc_string = f"cmrt UNet export ({precision}, fp32 I/O)"
+        data_name = out_file.name + ".data"
+        onnx.save_model(
+            model,
+            str(out_file),
+            save_as_external_data=external,
+            all_tensors_to_one_file=True,
+            location=data_name,
+            size_threshold=1024,
+        )
+        del model
+    onnx.checker.check_model(str(out_file))
+    files = [out_file.name] + ([data_name] if external else [])
+    logger.info("exported %s UNet to %s in %.1f s", precision, out_file, time.perf_counter() - t0)
+    return {
+        "file": out_file.name,
+        "external_data": data_name if external else None,
+        "files": files,
+        "opset": opset,
+        "precision": precision,
+        **io_spec(unet),
+        "export_seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def validate_onnx(unet, onnx_file: Path, precision: str, batch_sizes=(1, 2)) -> dict[str, Any]:
+    """Run the export in ONNX Runtime (CPU) against the fp32 PyTorch UNet; raise if it is off."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(onnx_file), so, providers=["CPUExecutionProvider"])
+    errors = {}
+    for b in batch_sizes:
+        feeds = random_inputs(unet, b, seed=1000 + b)
+        ref = torch_reference(unet, feeds)
+        got = sess.run([OUTPUT], feeds)[0]
+        if got.shape != ref.shape:
+            raise RuntimeError(f"{onnx_file.name}: output shape {got.shape} at batch {b}, PyTorch gives {ref.shape}")
+        if not np.isfinite(got).all():
+            raise RuntimeError(f"{onnx_file.name}: NaN or Inf in the ONNX Runtime output at batch {b}")
+        errors[b] = float(np.abs(got.astype(np.float64) - ref).max())
+    worst = max(errors.values())
+    tol = TOLERANCE[precision]
+    if worst > tol:
+        raise RuntimeError(
+            f"{onnx_file.name}: ONNX Runtime differs from PyTorch by {worst:.3g} (max abs), over the {precision} "
+            f"tolerance {tol}; per batch size: {errors}"
+        )
+    logger.info("validated %s: max abs error %.3g at batch sizes %s", onnx_file.name, worst, list(batch_sizes))
+    return {
+        "reference": "PyTorch fp32 UNet",
+        "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider",
+        "batch_sizes": list(batch_sizes),
+        "max_abs_error": worst,
+        "max_abs_error_per_batch": {str(k): v for k, v in errors.items()},
+        "tolerance": tol,
+    }

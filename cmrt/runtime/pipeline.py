@@ -1,0 +1,219 @@
+"""`Pipeline`: diffusers' ConsistencyModelPipeline.__call__ on an engine folder, in numpy.
+
+The call is in diffusers' numbered steps (check inputs, prepare latents and labels, set
+timesteps, loop, postprocess). Randomness is drawn in diffusers' order — latents, then
+labels, then one noise tensor per step when there is more than one step — so that a
+caller who supplies `latents` and `noise` gets diffusers' images to within float rounding.
+"""
+from __future__ import annotations
+
+import logging
+import numbers
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..engine.manifest import Manifest
+from . import scheduler as cm
+from .postprocess import OUTPUT_TYPES, postprocess
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineOutput:
+    """`images`: a list of PIL images, or float32 [B, H, W, 3] in [0, 1] for output_type='np'."""
+
+    images: Any
+
+
+def _check_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    return int(value)
+
+
+class Pipeline:
+    """Generation on one engine folder through one backend. Create with `cmrt.load`."""
+
+    def __init__(self, manifest: Manifest, backend: Any):
+        self.manifest = manifest
+        self.backend = backend
+        self.scheduler_config = cm.SchedulerConfig.from_dict(manifest.scheduler_config)
+        self._shape_chw = (manifest.in_channels, manifest.sample_size, manifest.sample_size)
+
+    def __repr__(self) -> str:
+        return (
+            f"Pipeline({self.manifest.source.get('model')!r}, folder={str(self.manifest.folder)!r}, "
+            f"backend={self.backend.name}/{self.backend.device}, batch {self.min_batch}..{self.max_batch})"
+        )
+
+    # --- facts --------------------------------------------------------------------------
+    @property
+    def sample_size(self) -> int:
+        return self.manifest.sample_size
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.manifest.num_class_embeds
+
+    @property
+    def min_batch(self) -> int:
+        return self.manifest.min_batch
+
+    @property
+    def max_batch(self) -> int:
+        return self.manifest.max_batch
+
+    # --- step 1: inputs -------------------------------------------------------------------
+    def check_batch_size(self, batch_size: Any) -> int:
+        b = _check_int("batch_size", batch_size)
+        if not self.min_batch <= b <= self.max_batch:
+            raise ValueError(
+                f"batch_size {b} is outside this engine's range {self.min_batch}..{self.max_batch}; "
+                f"split the request or rebuild with `cmrt build ... --max-batch {b}`"
+            )
+        return b
+
+    def schedule(self, num_inference_steps: int | None, timesteps: Sequence[int] | None) -> cm.Schedule:
+        if timesteps is None and num_inference_steps is None:
+            num_inference_steps = 1
+        return cm.make_schedule(self.scheduler_config, num_inference_steps=num_inference_steps, timesteps=timesteps)
+
+    def make_generator(self, seed: Any, generator: Any) -> np.random.Generator:
+        if seed is not None and generator is not None:
+            raise ValueError("pass either seed or generator, not both")
+        if generator is not None:
+            if not isinstance(generator, np.random.Generator):
+                raise TypeError(
+                    f"generator must be a numpy.random.Generator (np.random.default_rng(seed)), got {type(generator).__name__}"
+                )
+            return generator
+        if seed is not None:
+            s = _check_int("seed", seed)
+            if s < 0:
+                raise ValueError(f"seed must be >= 0, got {s}")
+            return np.random.default_rng(s)
+        return np.random.default_rng()
+
+    def check_latents(self, latents: Any, batch_size: int) -> np.ndarray:
+        if not isinstance(latents, np.ndarray):
+            raise TypeError(f"latents must be a numpy array of shape {(batch_size, *self._shape_chw)}, got {type(latents).__name__}")
+        expected = (batch_size, *self._shape_chw)
+        if latents.shape != expected:
+            raise ValueError(f"latents has shape {latents.shape}, expected {expected} (batch_size, channels, size, size)")
+        return latents.astype(np.float32, copy=False)
+
+    def check_noise(self, noise: Any, schedule: cm.Schedule, batch_size: int) -> list[np.ndarray] | None:
+        if noise is None:
+            return None
+        if isinstance(noise, np.ndarray) or not isinstance(noise, (list, tuple)):
+            raise TypeError("noise must be a list with one standard-normal numpy array per step")
+        if len(noise) != schedule.num_steps:
+            raise ValueError(f"noise has {len(noise)} arrays but the schedule has {schedule.num_steps} steps")
+        expected = (batch_size, *self._shape_chw)
+        out = []
+        for i, z in enumerate(noise):
+            if not isinstance(z, np.ndarray) or z.shape != expected:
+                got = z.shape if isinstance(z, np.ndarray) else type(z).__name__
+                raise ValueError(f"noise[{i}] must be a numpy array of shape {expected}, got {got}")
+            out.append(z.astype(np.float32, copy=False))
+        return out
+
+    def check_class_labels(self, class_labels: Any, batch_size: int) -> np.ndarray | None:
+        """Validated int64 labels, None for unconditional models or when labels are to be drawn."""
+        n = self.num_classes
+        if n is None:
+            if class_labels is not None:
+                raise ValueError("class_labels were given but this model is unconditional (no class embedding)")
+            return None
+        if class_labels is None:
+            return None
+        if isinstance(class_labels, bool):
+            raise TypeError("class_labels must be an int or a list of ints, got a bool")
+        if isinstance(class_labels, numbers.Integral):
+            if batch_size != 1:
+                raise ValueError(f"an int class_labels needs batch_size 1 (got {batch_size}); pass a list of {batch_size} labels")
+            labels = np.array([int(class_labels)], dtype=np.int64)
+        else:
+            arr = np.asarray(class_labels)
+            if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+                raise TypeError(f"class_labels must be an int or a 1-D list of ints, got {class_labels!r}")
+            labels = arr.astype(np.int64)
+        if labels.shape[0] != batch_size:
+            raise ValueError(f"class_labels has {labels.shape[0]} labels for batch_size {batch_size}")
+        bad = labels[(labels < 0) | (labels >= n)]
+        if bad.size:
+            raise ValueError(f"class_labels {bad.tolist()} are out of range: this model has classes 0..{n - 1}")
+        return labels
+
+    # --- the call ---------------------------------------------------------------------------
+    def __call__(
+        self,
+        batch_size: int = 1,
+        class_labels: int | Sequence[int] | np.ndarray | None = None,
+        num_inference_steps: int | None = None,
+        timesteps: Sequence[int] | None = None,
+        seed: int | None = None,
+        generator: np.random.Generator | None = None,
+        latents: np.ndarray | None = None,
+        noise: Sequence[np.ndarray] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback: Callable[[int, float, np.ndarray], None] | None = None,
+        callback_steps: int = 1,
+    ):
+        """Generate images, like `ConsistencyModelPipeline.__call__`.
+
+        `num_inference_steps` defaults to 1 when `timesteps` is not given; giving both is an
+        error. `latents` are standard-normal [B, C, S, S] (multiplied by sigma_max inside);
+        `noise` replaces the per-step noise draws (one array per step; unused for 1 step).
+        """
+        # 1. Check inputs
+        batch_size = self.check_batch_size(batch_size)
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r} ('pt' needs torch: use 'np')")
+        callback_steps = _check_int("callback_steps", callback_steps)
+        if callback_steps < 1:
+            raise ValueError(f"callback_steps must be >= 1, got {callback_steps}")
+        if callback is not None and not callable(callback):
+            raise TypeError("callback must be callable as callback(step, timestep, sample)")
+        schedule = self.schedule(num_inference_steps, timesteps)
+        labels = self.check_class_labels(class_labels, batch_size)
+        noise = self.check_noise(noise, schedule, batch_size)
+        if latents is not None:
+            latents = self.check_latents(latents, batch_size)
+        rng = self.make_generator(seed, generator)
+        cfg = self.scheduler_config
+
+        # 2. Prepare latents (x_T = sigma_max * z)
+        if latents is None:
+            latents = rng.standard_normal((batch_size, *self._shape_chw), dtype=np.float32)
+        sample = latents * np.float32(cfg.init_noise_sigma)
+
+        # 3. Prepare class labels (drawn after the latents, as in diffusers)
+        if self.num_classes is not None and labels is None:
+            labels = rng.integers(0, self.num_classes, size=batch_size).astype(np.int64)
+
+        # 4. Denoising loop
+        n = schedule.num_steps
+        for i in range(n):
+            sigma, sigma_next = schedule.sigmas[i], schedule.sigmas[i + 1]
+            t = np.full((batch_size,), schedule.timesteps[i], dtype=np.float32)
+            model_output = self.backend.run(cm.scale_model_input(sample, sigma, cfg), t, labels)
+            if n == 1:
+                step_noise = None
+            elif noise is not None:
+                step_noise = noise[i]
+            else:
+                step_noise = rng.standard_normal(sample.shape, dtype=np.float32)
+            sample = cm.step(model_output, sample, sigma, sigma_next, step_noise, cfg)
+            if callback is not None and i % callback_steps == 0:
+                callback(i, float(schedule.timesteps[i]), sample)
+
+        # 5. Postprocess
+        images = postprocess(sample, output_type)
+        if not return_dict:
+            return (images,)
+        return PipelineOutput(images=images)
