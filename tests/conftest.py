@@ -28,3 +28,22 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.skip(reason="no NVIDIA GPU on this machine (gpu marker)"))
             elif not run_gpu:
                 item.add_marker(pytest.mark.skip(reason="gpu test: run `make test-gpu` (pytest --run-gpu)"))
+
+
+@pytest.fixture(scope="session")
+def small_models(tmp_path_factory):
+    """Two small diffusers folders (class-conditional and unconditional) and their fp32 engine folders."""
+    pytest.importorskip("torch")
+    from cmrt.engine.build import BuildOptions, build_engine_folder
+
+    from .models import save_small_model
+
+    root = tmp_path_factory.mktemp("small-models")
+    out = {}
+    for name, conditional in (("cond", True), ("uncond", False)):
+        folder = save_small_model(root / f"{name}-model", conditional, "scale_shift")
+        engine = build_engine_folder(
+            str(folder), out=root / f"{name}-engine", options=BuildOptions(precisions=("fp32",), max_batch=8)
+        )
+        out[name] = (folder, engine)
+    return out

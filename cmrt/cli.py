@@ -1,0 +1,164 @@
+"""The `cmrt` command line. Build-time commands import torch lazily; run-time ones never do."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from .registry import DEFAULT_MODEL
+
+logger = logging.getLogger("cmrt")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v != ""]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 17,0, got {text!r}") from e
+
+
+def _add_build(sub) -> None:
+    p = sub.add_parser("build", help="export a model to a verified engine folder (needs cmrt[export])")
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"checkpoint name, hub id or folder (default {DEFAULT_MODEL})")
+    p.add_argument("--out", type=Path, help="engine folder (default engines/NAME)")
+    p.add_argument("--precision", nargs="+", choices=("fp32", "fp16"), default=["fp32", "fp16"])
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--min-batch", type=int, default=1)
+    p.add_argument("--opt-batch", type=int, default=4)
+    p.add_argument("--max-batch", type=int, default=16)
+    p.add_argument("--revision", help="hub revision (branch, tag or commit)")
+    p.add_argument("--force", action="store_true", help="rebuild even if the folder is up to date")
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="generate a grid of images from an engine folder or model")
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="engine folder, or a model name (its engine is built if missing)")
+    p.add_argument("--batch", type=int, default=1)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--steps", type=int, help="number of sampling steps (default 1)")
+    g.add_argument("--timesteps", type=_int_list, help="explicit timesteps, e.g. 17,0")
+    p.add_argument("--class-labels", type=_int_list, help="one label, or one per image, comma-separated")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", type=Path, default=Path("outputs/grid.png"), help="grid PNG to write")
+    p.add_argument("--cols", type=int, help="grid columns (default: square)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--precision", choices=("fp32", "fp16"))
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="describe an engine folder")
+    p.add_argument("folder", type=Path)
+    p.add_argument("--json", action="store_true", help="print the whole manifest")
+
+
+def cmd_build(args) -> int:
+    from .engine.build import BuildOptions, build_engine_folder
+
+    opts = BuildOptions(
+        precisions=tuple(args.precision),
+        opset=args.opset,
+        min_batch=args.min_batch,
+        opt_batch=args.opt_batch,
+        max_batch=args.max_batch,
+    )
+    t0 = time.perf_counter()
+    out = build_engine_folder(args.model, out=args.out, options=opts, force=args.force, revision=args.revision)
+    print(f"engine folder: {out}  ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from .runtime import load
+    from .runtime.postprocess import make_grid
+
+    t0 = time.perf_counter()
+    pipe = load(args.model, device=args.device, precision=args.precision)
+    t_load = time.perf_counter() - t0
+    labels = args.class_labels
+    if labels is not None and len(labels) == 1 and args.batch > 1:
+        labels = labels * args.batch
+    t1 = time.perf_counter()
+    images = pipe(
+        batch_size=args.batch,
+        class_labels=labels,
+        num_inference_steps=args.steps,
+        timesteps=args.timesteps,
+        seed=args.seed,
+        output_type="np",
+    ).images
+    t_gen = time.perf_counter() - t1
+    from PIL import Image
+
+    from ._atomic import write_bytes_atomic
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(make_grid(images, cols=args.cols)).save(buf, format="PNG")
+    write_bytes_atomic(args.out, buf.getvalue())
+    print(
+        f"wrote {args.out} ({args.batch} images, {pipe.backend.name}/{pipe.backend.device}): "
+        f"load {t_load:.2f} s, generate {t_gen:.3f} s ({t_gen / args.batch * 1000:.1f} ms/image)"
+    )
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .engine.manifest import read_manifest
+
+    m = read_manifest(args.folder, verify=True)
+    if args.json:
+        print(json.dumps(m.data, indent=2, sort_keys=True))
+        return 0
+    d = m.data
+    src, unet = d["source"], d["unet"]
+    print(f"engine folder   {m.folder}")
+    print(f"source          {src['model']} ({src['kind']}, revision {src.get('revision')})")
+    print(
+        f"unet            {unet['parameters'] / 1e6:.1f} M parameters, {unet['sample_size']}x{unet['sample_size']}, "
+        f"{'%d classes' % unet['num_class_embeds'] if unet['num_class_embeds'] else 'unconditional'}"
+    )
+    s = d["scheduler"]
+    print(f"scheduler       N={s['num_train_timesteps']} sigma {s['sigma_min']}..{s['sigma_max']}")
+    print(f"batch range     {m.min_batch}..{m.max_batch} (opt {d['build_options']['opt_batch']})")
+    for prec, e in sorted(d["onnx"].items()):
+        v = e["validation"]
+        print(f"onnx {prec:<10} {e['file']}  opset {e['opset']}  max abs error vs PyTorch {v['max_abs_error']:.2e}")
+    for name, rec in sorted(d["files"].items()):
+        print(f"file            {name}  {rec['bytes'] / 1e6:.1f} MB  sha256 {rec['sha256'][:16]}… (verified)")
+    print("tools           " + ", ".join(f"{k} {v}" for k, v in sorted(d["tools"].items())))
+    return 0
+
+
+COMMANDS = {"build": cmd_build, "generate": cmd_generate, "info": cmd_info}
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cmrt", description="Fast inference for OpenAI Consistency Models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_build(sub)
+    _add_generate(sub)
+    _add_info(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    from .engine.manifest import EngineFolderError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, TypeError, EngineFolderError, FileNotFoundError) as e:
+        print(f"cmrt {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # hub unreachable, missing extras: one line, not a traceback
+        if type(e).__name__ in ("ModelUnavailableError",) or isinstance(e, ImportError):
+            print(f"cmrt {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        raise
