@@ -54,6 +54,26 @@ def _add_info(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the whole manifest")
 
 
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="build the default model and write sample grids (what `make demo` runs)")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--engines", type=Path, default=Path("engines"), help="folder holding engine folders")
+    p.add_argument("--out", type=Path, default=Path("outputs"), help="folder for the PNG grids")
+    p.add_argument("--per-class", type=int, default=8, help="samples per class (per row)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    r = run_demo(args.model, args.engines, args.out, per_class=args.per_class, seed=args.seed)
+    print(f"engine folder {r.engine_dir} (build/reuse {r.build_seconds:.1f} s, load {r.load_seconds:.2f} s)")
+    for name, path in r.grids.items():
+        n = r.images // len(r.grids)
+        print(f"{name}: wrote {path}  ({n} images in {r.seconds[name]:.2f} s, {r.seconds[name] / n * 1000:.1f} ms/image)")
+    return 0
+
+
 def cmd_build(args) -> int:
     from .engine.build import BuildOptions, build_engine_folder
 
@@ -132,7 +152,7 @@ def cmd_info(args) -> int:
     return 0
 
 
-COMMANDS = {"build": cmd_build, "generate": cmd_generate, "info": cmd_info}
+COMMANDS = {"build": cmd_build, "generate": cmd_generate, "info": cmd_info, "demo": cmd_demo}
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -143,6 +163,7 @@ def make_parser() -> argparse.ArgumentParser:
     _add_build(sub)
     _add_generate(sub)
     _add_info(sub)
+    _add_demo(sub)
     return parser
 
 

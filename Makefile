@@ -1,0 +1,42 @@
+# cmrt: the two commands a user needs are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+MODEL  ?= tiny-random
+OUT    ?= outputs
+ENGINES ?= engines
+BATCH  ?= 8
+ARGS   ?=
+
+.PHONY: setup engine generate demo test test-slow test-gpu bench clean
+
+setup: $(VENV)/.cmrt-setup
+
+# torch is pinned to the local CPU wheel (a bare `torch` pulls a multi-GB CUDA build).
+$(VENV)/.cmrt-setup: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[cpu,export,dev]'
+	touch $@
+
+engine: setup
+	$(PY) -m cmrt build $(MODEL) --out $(ENGINES)/$(subst /,--,$(MODEL)) $(ARGS)
+
+generate: engine
+	$(PY) -m cmrt generate $(ENGINES)/$(subst /,--,$(MODEL)) --batch $(BATCH) --seed 0 --out $(OUT)/$(subst /,--,$(MODEL)).png $(ARGS)
+
+demo: setup
+	$(PY) -m cmrt demo --model $(MODEL) --engines $(ENGINES) --out $(OUT)
+
+test: setup
+	$(PY) -m pytest -q
+
+test-slow: setup
+	$(PY) -m pytest -q -rP --run-slow
+
+test-gpu: setup
+	$(PY) -m pytest -q --run-gpu -m gpu tests/gpu
+
+clean:
+	rm -rf $(ENGINES) $(OUT) .pytest_cache
