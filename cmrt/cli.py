@@ -31,6 +31,18 @@ def _add_build(sub) -> None:
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--revision", help="hub revision (branch, tag or commit)")
     p.add_argument("--force", action="store_true", help="rebuild even if the folder is up to date")
+    t = p.add_argument_group("TensorRT (GPU)")
+    t.add_argument(
+        "--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto",
+        help="auto: add a validated TensorRT engine where a GPU and TensorRT are present (default); "
+        "tensorrt: require it; onnxruntime: ONNX folder only",
+    )
+    t.add_argument("--trt-precision", choices=("fp16", "fp32"), default="fp16", help="ONNX graph the engine is built from")
+    t.add_argument("--trt-opt-level", type=int, default=3, help="TensorRT builder optimization level 0..5 (default 3)")
+    t.add_argument("--timing-cache", type=Path, help="TensorRT timing cache file (default: per GPU under ~/.cache/cmrt)")
+    t.add_argument("--no-timing-cache", action="store_true", help="build without a timing cache")
+    t.add_argument("--trt-tolerance", type=float, help="max abs error vs ONNX Runtime fp32 (default 0.05 fp16, 0.001 fp32)")
+    t.add_argument("--trt-workspace-mib", type=int, help="TensorRT workspace limit in MiB (default: TensorRT's)")
 
 
 def _add_generate(sub) -> None:
@@ -42,9 +54,12 @@ def _add_generate(sub) -> None:
     g.add_argument("--timesteps", type=_int_list, help="explicit timesteps, e.g. 17,0")
     p.add_argument("--class-labels", type=_int_list, help="one label, or one per image, comma-separated")
     p.add_argument("--seed", type=int)
+    p.add_argument("--rng", choices=("numpy", "torch"), default="numpy",
+                   help="'torch': the images diffusers makes with generator=torch.manual_seed(SEED)")
     p.add_argument("--out", type=Path, default=Path("outputs/grid.png"), help="grid PNG to write")
     p.add_argument("--cols", type=int, help="grid columns (default: square)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"), help="see `cmrt doctor`")
     p.add_argument("--precision", choices=("fp32", "fp16"))
 
 
@@ -84,9 +99,29 @@ def cmd_build(args) -> int:
         opt_batch=args.opt_batch,
         max_batch=args.max_batch,
     )
+    from .engine.tensorrt_build import TensorRTOptions
+
+    trt_opts = TensorRTOptions(
+        precision=args.trt_precision,
+        optimization_level=args.trt_opt_level,
+        timing_cache=None if args.timing_cache is None else str(args.timing_cache),
+        use_timing_cache=not args.no_timing_cache,
+        tolerance=args.trt_tolerance,
+        workspace_mib=args.trt_workspace_mib,
+    )
     t0 = time.perf_counter()
-    out = build_engine_folder(args.model, out=args.out, options=opts, force=args.force, revision=args.revision)
+    out = build_engine_folder(
+        args.model, out=args.out, options=opts, force=args.force, revision=args.revision,
+        backend=args.backend, tensorrt=trt_opts,
+    )
     print(f"engine folder: {out}  ({time.perf_counter() - t0:.1f} s)")
+    if args.backend != "onnxruntime":
+        from .engine.manifest import read_manifest
+
+        entry = read_manifest(out, verify=False).data.get("tensorrt")
+        if entry:
+            v = entry["validation"]
+            print(f"tensorrt engine: {entry['file']}  (max abs error vs ONNX Runtime {v['max_abs_error']:.2e}, tolerance {v['tolerance']})")
     return 0
 
 
@@ -95,7 +130,7 @@ def cmd_generate(args) -> int:
     from .runtime.postprocess import make_grid
 
     t0 = time.perf_counter()
-    pipe = load(args.model, device=args.device, precision=args.precision)
+    pipe = load(args.model, backend=args.backend, device=args.device, precision=args.precision)
     t_load = time.perf_counter() - t0
     labels = args.class_labels
     if labels is not None and len(labels) == 1 and args.batch > 1:
@@ -107,6 +142,7 @@ def cmd_generate(args) -> int:
         num_inference_steps=args.steps,
         timesteps=args.timesteps,
         seed=args.seed,
+        rng=args.rng,
         output_type="np",
     ).images
     t_gen = time.perf_counter() - t1
@@ -146,25 +182,50 @@ def cmd_info(args) -> int:
     for prec, e in sorted(d["onnx"].items()):
         v = e["validation"]
         print(f"onnx {prec:<10} {e['file']}  opset {e['opset']}  max abs error vs PyTorch {v['max_abs_error']:.2e}")
+    t = d.get("tensorrt")
+    if t:
+        v, g, pr = t["validation"], t["gpu"], t["profile"]
+        print(
+            f"tensorrt        {t['file']}  TensorRT {t['tensorrt_version']}, {g['name']} (cc {g['compute_capability']}), "
+            f"batch {pr['min']}/{pr['opt']}/{pr['max']}, max abs error vs ONNX Runtime {v['max_abs_error']:.2e} (tol {v['tolerance']})"
+        )
     for name, rec in sorted(d["files"].items()):
         print(f"file            {name}  {rec['bytes'] / 1e6:.1f} MB  sha256 {rec['sha256'][:16]}… (verified)")
     print("tools           " + ", ".join(f"{k} {v}" for k, v in sorted(d["tools"].items())))
     return 0
 
 
-COMMANDS = {"build": cmd_build, "generate": cmd_generate, "info": cmd_info, "demo": cmd_demo}
+def _add_doctor(sub) -> None:
+    p = sub.add_parser("doctor", help="show GPU, driver, CUDA, TensorRT, ONNX Runtime, and which backend auto picks and why")
+    p.add_argument("folder", nargs="?", type=Path, help="also judge this engine folder's TensorRT engine")
+    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"))
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def cmd_doctor(args) -> int:
+    from .doctor import format_report, gather
+
+    report = gather(args.folder, backend=args.backend, device=args.device)
+    print(json.dumps(report, indent=2, sort_keys=True) if args.json else format_report(report))
+    return 0
+
+
+COMMANDS = {"build": cmd_build, "generate": cmd_generate, "info": cmd_info, "demo": cmd_demo, "doctor": cmd_doctor}
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cmrt", description="Fast inference for OpenAI Consistency Models.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
-    sub = parser.add_subparsers(dest="command", required=True)
+    # named `ap`: the GPU API check (../shared/tools/gpu_api_check.py) takes any `parser` attribute call for an OnnxParser one
+    ap = argparse.ArgumentParser(prog="cmrt", description="Fast inference for OpenAI Consistency Models.")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    ap.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = ap.add_subparsers(dest="command", required=True)
     _add_build(sub)
     _add_generate(sub)
     _add_info(sub)
     _add_demo(sub)
-    return parser
+    _add_doctor(sub)
+    return ap
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,10 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     from .engine.manifest import EngineFolderError
+    from .engine.tensorrt_build import BackendUnavailableError, EngineValidationError
 
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, TypeError, EngineFolderError, FileNotFoundError) as e:
+    except (ValueError, TypeError, EngineFolderError, FileNotFoundError, BackendUnavailableError, EngineValidationError) as e:
         print(f"cmrt {args.command}: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # hub unreachable, missing extras: one line, not a traceback

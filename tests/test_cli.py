@@ -46,3 +46,18 @@ def test_steps_and_timesteps_are_exclusive(capsys):
     with pytest.raises(SystemExit):
         main(["generate", "x", "--steps", "2", "--timesteps", "17,0"])
     assert "not allowed with" in capsys.readouterr().err
+
+
+def test_generate_rng_torch_matches_api(small_models, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    import cmrt
+    from cmrt.runtime.postprocess import make_grid
+
+    engine = small_models["cond"][1]
+    out = tmp_path / "g.png"
+    assert main(["generate", str(engine), "--batch", "2", "--timesteps", "22,0", "--seed", "3", "--rng", "torch",
+                 "--out", str(out)]) == 0
+    images = cmrt.load(engine)(batch_size=2, timesteps=[22, 0], seed=3, rng="torch", output_type="np").images
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), make_grid(images))

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..engine.manifest import Manifest
 from . import scheduler as cm
+from .noise import make_noise_source
 from .postprocess import OUTPUT_TYPES, postprocess
 
 logger = logging.getLogger(__name__)
@@ -81,22 +82,6 @@ class Pipeline:
             num_inference_steps = 1
         return cm.make_schedule(self.scheduler_config, num_inference_steps=num_inference_steps, timesteps=timesteps)
 
-    def make_generator(self, seed: Any, generator: Any) -> np.random.Generator:
-        if seed is not None and generator is not None:
-            raise ValueError("pass either seed or generator, not both")
-        if generator is not None:
-            if not isinstance(generator, np.random.Generator):
-                raise TypeError(
-                    f"generator must be a numpy.random.Generator (np.random.default_rng(seed)), got {type(generator).__name__}"
-                )
-            return generator
-        if seed is not None:
-            s = _check_int("seed", seed)
-            if s < 0:
-                raise ValueError(f"seed must be >= 0, got {s}")
-            return np.random.default_rng(s)
-        return np.random.default_rng()
-
     def check_latents(self, latents: Any, batch_size: int) -> np.ndarray:
         if not isinstance(latents, np.ndarray):
             raise TypeError(f"latents must be a numpy array of shape {(batch_size, *self._shape_chw)}, got {type(latents).__name__}")
@@ -155,20 +140,25 @@ class Pipeline:
         class_labels: int | Sequence[int] | np.ndarray | None = None,
         num_inference_steps: int | None = None,
         timesteps: Sequence[int] | None = None,
-        seed: int | None = None,
-        generator: np.random.Generator | None = None,
+        seed: int | Sequence[int] | None = None,
+        generator: Any = None,
         latents: np.ndarray | None = None,
         noise: Sequence[np.ndarray] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback: Callable[[int, float, np.ndarray], None] | None = None,
         callback_steps: int = 1,
+        rng: str = "numpy",
     ):
         """Generate images, like `ConsistencyModelPipeline.__call__`.
 
         `num_inference_steps` defaults to 1 when `timesteps` is not given; giving both is an
         error. `latents` are standard-normal [B, C, S, S] (multiplied by sigma_max inside);
         `noise` replaces the per-step noise draws (one array per step; unused for 1 step).
+        `rng="torch"` draws exactly what diffusers draws from `torch.manual_seed(seed)` (or from
+        a CPU `torch.Generator` passed as `generator`, which is advanced as diffusers would).
+        A list of seeds (or generators), one per sample, makes sample i what a batch-1 call
+        with seed i makes.
         """
         # 1. Check inputs
         batch_size = self.check_batch_size(batch_size)
@@ -184,17 +174,17 @@ class Pipeline:
         noise = self.check_noise(noise, schedule, batch_size)
         if latents is not None:
             latents = self.check_latents(latents, batch_size)
-        rng = self.make_generator(seed, generator)
+        source = make_noise_source(seed, generator, rng, batch_size)
         cfg = self.scheduler_config
 
         # 2. Prepare latents (x_T = sigma_max * z)
         if latents is None:
-            latents = rng.standard_normal((batch_size, *self._shape_chw), dtype=np.float32)
+            latents = source.normal((batch_size, *self._shape_chw))
         sample = latents * np.float32(cfg.init_noise_sigma)
 
         # 3. Prepare class labels (drawn after the latents, as in diffusers)
         if self.num_classes is not None and labels is None:
-            labels = rng.integers(0, self.num_classes, size=batch_size).astype(np.int64)
+            labels = source.labels(self.num_classes, batch_size)
 
         # 4. Denoising loop
         n = schedule.num_steps
@@ -207,10 +197,12 @@ class Pipeline:
             elif noise is not None:
                 step_noise = noise[i]
             else:
-                step_noise = rng.standard_normal(sample.shape, dtype=np.float32)
+                step_noise = source.normal(sample.shape)
             sample = cm.step(model_output, sample, sigma, sigma_next, step_noise, cfg)
             if callback is not None and i % callback_steps == 0:
                 callback(i, float(schedule.timesteps[i]), sample)
+
+        source.finish()
 
         # 5. Postprocess
         images = postprocess(sample, output_type)
