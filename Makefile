@@ -38,5 +38,8 @@ test-slow: setup
 test-gpu: setup
 	$(PY) -m pytest -q --run-gpu -m gpu tests/gpu
 
+bench: setup
+	$(PY) -m cmrt bench $(if $(ARCH),--arch $(ARCH),--model $(MODEL)) $(ARGS)
+
 clean:
 	rm -rf $(ENGINES) $(OUT) .pytest_cache

@@ -1,0 +1,127 @@
+"""Turn raw measurements into the terminal table, the Markdown report and the plot."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def summarize(samples: list[float]) -> dict:
+    a = np.asarray(samples, dtype=np.float64)
+    return {
+        "n": int(a.size),
+        "median_s": float(np.median(a)),
+        "p90_s": float(np.percentile(a, 90)),
+        "p99_s": float(np.percentile(a, 99)),
+        "min_s": float(a.min()),
+        "max_s": float(a.max()),
+    }
+
+
+def rows(result: dict) -> list[dict]:
+    """One row per (system, batch, steps) with derived figures, speedup against diffusers eager."""
+    out = []
+    base = {}
+    for r in result["runs"]:
+        if r["system"].startswith("diffusers eager"):
+            base[(r["batch"], r["steps"])] = r["latency"]["median_s"]
+    for r in result["runs"]:
+        b = base.get((r["batch"], r["steps"]))
+        out.append({**r, "speedup": (b / r["latency"]["median_s"]) if b else None})
+    return out
+
+
+def fmt_row(r: dict) -> list[str]:
+    lat = r["latency"]
+    pct = lambda v: "n/a" if v is None or not np.isfinite(v) else f"{100 * v:.1f}%"  # noqa: E731
+    return [
+        r["system"], str(r["batch"]), str(r["steps"]),
+        f"{lat['median_s'] * 1e3:.1f}", f"{lat['p90_s'] * 1e3:.1f}", f"{lat['p99_s'] * 1e3:.1f}",
+        f"{r['images_per_s']:.2f}", pct(r["outside_unet_share"]),
+        "n/a" if r["achieved_flops_per_s"] is None else f"{r['achieved_flops_per_s'] / 1e9:.1f}",
+        pct(r["fraction_of_gemm_peak"]),
+        "-" if r["speedup"] is None else f"{r['speedup']:.2f}x",
+    ]
+
+
+HEADER = ["system", "batch", "steps", "median ms", "p90 ms", "p99 ms", "img/s", "outside UNet",
+          "GFLOP/s", "of GEMM peak", "vs diffusers"]
+
+
+def table(result: dict) -> str:
+    data = [HEADER] + [fmt_row(r) for r in rows(result)]
+    widths = [max(len(row[i]) for row in data) for i in range(len(HEADER))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in data]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown(result: dict, plot_name: str | None) -> str:
+    m = result["machine"]
+    md = [f"# cmrt latency benchmark: {result['model']['name']}", ""]
+    md.append(f"- command: `{result['command']}`")
+    md.append(f"- machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu'] or 'none'}; "
+              + ", ".join(f"{k} {v}" for k, v in m["versions"].items()))
+    md.append(f"- UNet: {result['model']['parameters'] / 1e6:.1f} M parameters, "
+              f"{result['model']['unet_gflops_batch1']:.2f} GFLOP per call at batch 1 (counted by torch's FlopCounterMode)")
+    md.append(f"- machine GEMM rate: {result['gemm']['flops_per_s'] / 1e9:.1f} GFLOP/s ({result['gemm']['how']})")
+    md.append(f"- warm latency: {result['settings']['warmup']} warm-up call(s), then {result['settings']['runs']} timed "
+              "calls per setting, systems interleaved call by call; figures are medians (p90/p99 for spread)")
+    md.append(f"- same output: max abs difference between cmrt (`rng=\"torch\"`) and diffusers images for the same "
+              f"seed: {result['same_output_max_abs_diff']:.2e}; timed cmrt calls use its default numpy noise")
+    md += ["", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    md += ["| " + " | ".join(fmt_row(r)) + " |" for r in rows(result)]
+    if result.get("cold_start"):
+        md += ["", "## Cold start (new process, batch 1, 1 step)", "",
+               "| system | interpreter s | import s | load s | first call s | process to first image s | peak RSS MB (batch) |",
+               "|---|---|---|---|---|---|---|"]
+        for name, c in result["cold_start"].items():
+            if "error" in c:
+                md.append(f"| {name} | failed: {c['error']} |||||")
+                continue
+            md.append(f"| {name} | {c['interpreter_s']:.2f} | {c['import_s']:.2f} | {c['load_s']:.2f} | "
+                      f"{c['first_call_s']:.2f} | {c['process_to_first_image_s']:.2f} | "
+                      f"{c['peak_rss_bytes'] / 2**20:.0f} ({c['peak_rss_batch']}) |")
+        ratio = result.get("import_load_speedup")
+        if ratio:
+            md.append(f"\nimport + load: cmrt is {ratio:.1f}x faster than diffusers (import torch/diffusers + from_pretrained).")
+    if result.get("notes"):
+        md += ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]
+    if plot_name:
+        md += ["", f"![latency]({plot_name})"]
+    return "\n".join(md) + "\n"
+
+
+def plot(result: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rs = rows(result)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    systems = sorted({r["system"] for r in rs})
+    steps_all = sorted({r["steps"] for r in rs})
+    for s in systems:
+        for st in steps_all:
+            pts = sorted((r["batch"], r["latency"]["median_s"] * 1e3) for r in rs if r["system"] == s and r["steps"] == st)
+            if pts:
+                ax1.plot(*zip(*pts), marker="o", label=f"{s}, {st} step{'s' if st > 1 else ''}")
+    ax1.set_xlabel("batch size")
+    ax1.set_ylabel("median latency (ms)")
+    ax1.set_title("latency vs batch")
+    ax1.legend(fontsize=7)
+    ax1.grid(alpha=0.3)
+    cm_rows = [r for r in rs if r["speedup"] is not None and not r["system"].startswith("diffusers eager")]
+    labels = [f"{r['system']}\nb{r['batch']} s{r['steps']}" for r in cm_rows]
+    ax2.bar(range(len(cm_rows)), [r["speedup"] for r in cm_rows], color="tab:green")
+    ax2.axhline(1.0, color="k", lw=0.8)
+    ax2.set_xticks(range(len(cm_rows)), labels, fontsize=6, rotation=45, ha="right")
+    ax2.set_ylabel("speedup over diffusers eager")
+    ax2.set_title(result["model"]["name"])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

@@ -1,0 +1,223 @@
+"""The latency harness: `cmrt bench [--model M | --arch imagenet64|lsun256] [--batch 1 4] [--steps 1 2]`.
+
+Every system gets the same model weights, batch sizes, steps and seeds in one process run;
+calls are interleaved system by system so that machine noise hits all of them alike.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import machine, report
+
+logger = logging.getLogger("cmrt.bench")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from cmrt.registry import DEFAULT_MODEL
+
+    p = argparse.ArgumentParser(prog="cmrt bench", description=__doc__)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--model", default=None, help=f"model name, hub id or folder (default {DEFAULT_MODEL})")
+    g.add_argument("--arch", choices=("imagenet64", "lsun256"), help="real architecture with random weights")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--steps", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--runs", type=int, default=None, help="timed calls per system and setting (default 20, 5 for --arch)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--no-compile", action="store_true", help="skip diffusers + torch.compile")
+    p.add_argument("--no-cold-start", action="store_true", help="skip the new-process measurements")
+    p.add_argument("--out", type=Path, default=None, help="folder for JSON, Markdown and PNG (default benchmarks/results/NAME)")
+    p.add_argument("--engines", type=Path, default=Path("engines"))
+    args = p.parse_args(argv)
+    args.model = args.model or (None if args.arch else DEFAULT_MODEL)
+    if args.runs is None:
+        args.runs = 5 if args.arch else 20
+    for name in ("batch", "steps"):
+        if any(v < 1 for v in getattr(args, name)):
+            p.error(f"--{name} values must be >= 1")
+    if args.runs < 1 or args.warmup < 0:
+        p.error("--runs must be >= 1 and --warmup >= 0")
+    return args
+
+
+def model_folders(args) -> tuple[str, str, Path]:
+    """(display name, slug, diffusers folder) of the model under test."""
+    if args.arch:
+        from cmrt.export.architectures import random_weight_folder
+        from cmrt.export.builtin import cache_root
+
+        folder = random_weight_folder(args.arch, cache_root() / "models" / f"arch-{args.arch}-random")
+        return f"{args.arch} architecture (random weights)", f"arch-{args.arch}", folder
+    from cmrt.export.loading import model_folder
+    from cmrt.registry import resolve_model
+
+    source = resolve_model(args.model)
+    folder, _ = model_folder(source)
+    return args.model, source.slug, folder
+
+
+def gpu_present() -> bool:
+    from cmrt.runtime.backends.onnxruntime_backend import available_providers
+
+    return "CUDAExecutionProvider" in available_providers()
+
+
+def make_systems(folder: Path, engine: Path, args, notes: list[str]):
+    from .systems import CmrtSystem, DiffusersSystem
+
+    device = "cuda" if gpu_present() else "cpu"
+    systems = [DiffusersSystem(str(folder), device=device)]
+    if not args.no_compile:
+        try:
+            s = DiffusersSystem(str(folder), device=device, compile_unet=True)
+            t0 = time.perf_counter()
+            s(min(args.batch), min(args.steps), 0)  # compiles here, outside the timed runs
+            notes.append(f"torch.compile worked; first (compiling) call took {time.perf_counter() - t0:.1f} s")
+            systems.append(s)
+        except Exception as e:  # report, do not hide: compile support varies by machine
+            notes.append(f"diffusers + torch.compile did not work on this machine: {type(e).__name__}: {str(e)[:200]}")
+    systems.append(CmrtSystem(str(engine), backend="onnxruntime", device="cpu", name="cmrt onnxruntime cpu"))
+    if device == "cuda":
+        for name, kw in gpu_variants():
+            try:
+                systems.append(CmrtSystem(str(engine), name=name, **kw))
+            except Exception as e:
+                notes.append(f"{name} unavailable: {type(e).__name__}: {e}")
+    return systems
+
+
+def gpu_variants():
+    """cmrt GPU configurations: ONNX Runtime CUDA and TensorRT, each with and without CUDA graphs."""
+    return [
+        ("cmrt onnxruntime cuda", dict(backend="onnxruntime", device="cuda", use_cuda_graph=False)),
+        ("cmrt onnxruntime cuda + graphs", dict(backend="onnxruntime", device="cuda", use_cuda_graph=True)),
+        ("cmrt tensorrt fp16", dict(backend="tensorrt", device="cuda", use_cuda_graph=False)),
+        ("cmrt tensorrt fp16 + graphs", dict(backend="tensorrt", device="cuda", use_cuda_graph=True)),
+    ]
+
+
+def cold_start(kind: str, folder: Path, batch: int) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    t_launch = time.time()
+    r = subprocess.run(
+        [sys.executable, "-m", "benchmarks.latency.coldstart", kind, str(folder), str(batch), repr(t_launch)],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=1800,
+    )
+    if r.returncode != 0:
+        return {"error": (r.stderr.strip().splitlines() or ["failed"])[-1][:300]}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def measure(systems, args, bar) -> list[dict]:
+    runs = []
+    for batch in args.batch:
+        for steps in args.steps:
+            lat = {s.name: [] for s in systems}
+            unet = {s.name: [] for s in systems}
+            for s in systems:
+                for _ in range(args.warmup):
+                    s(batch, steps, 0)
+                    bar.update()
+            for i in range(args.runs):
+                for s in systems:  # interleaved: noise lands on every system alike
+                    before = s.clock.seconds
+                    t0 = time.perf_counter()
+                    s(batch, steps, 1 + i)
+                    dt = time.perf_counter() - t0
+                    lat[s.name].append(dt)
+                    unet[s.name].append(s.clock.seconds - before)
+                    bar.update()
+            for s in systems:
+                shares = [1 - u / t for u, t in zip(unet[s.name], lat[s.name])]
+                runs.append({
+                    "system": s.name, "kind": s.kind, "batch": batch, "steps": steps,
+                    "latency": report.summarize(lat[s.name]), "samples_s": lat[s.name],
+                    "unet_s": unet[s.name],
+                    "outside_unet_share": float(np.median(shares)) if np.isfinite(shares).all() else None,
+                })
+    return runs
+
+
+def main(argv=None) -> int:
+    from tqdm.auto import tqdm
+
+    from cmrt.engine.build import BuildOptions, build_engine_folder
+    from cmrt.engine.manifest import read_manifest
+
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    name, slug, folder = model_folders(args)
+    precisions = ("fp32", "fp16") if gpu_present() else ("fp32",)
+    engine = build_engine_folder(str(folder), out=args.engines / slug,
+                                 options=BuildOptions(precisions=precisions, max_batch=max(16, max(args.batch))))
+    manifest = read_manifest(engine)
+    out = args.out or REPO / "benchmarks" / "results" / slug
+    out.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+
+    from .flops import unet_flops
+
+    flops1 = unet_flops(str(folder), batch=1)
+    desc = machine.describe()
+    gemm = machine.gemm_rate()
+    systems = make_systems(folder, engine, args, notes)
+
+    # same output: every system against diffusers eager, same seed
+    ref = systems[0](1, max(args.steps), 0)
+    diffs = {s.name: float(np.abs(s(1, max(args.steps), 0, same_noise_as_diffusers=True) - ref).max())
+             for s in systems[1:]}
+    cmrt_diffs = [v for k, v in diffs.items() if k.startswith("cmrt")]
+
+    total = len(args.batch) * len(args.steps) * len(systems) * (args.warmup + args.runs)
+    with tqdm(total=total, desc=f"bench {slug}", unit="call") as bar:
+        runs = measure(systems, args, bar)
+    for r in runs:
+        med = r["latency"]["median_s"]
+        r["images_per_s"] = r["batch"] / med
+        r["achieved_flops_per_s"] = flops1 * r["batch"] * r["steps"] / med
+        r["fraction_of_gemm_peak"] = r["achieved_flops_per_s"] / gemm["flops_per_s"]
+
+    cold = {}
+    if not args.no_cold_start:
+        for kind, label, target in (("cmrt", "cmrt onnxruntime cpu", engine), ("diffusers", "diffusers eager fp32", folder)):
+            cold[label] = cold_start(kind, target, max(args.batch))
+    ratio = None
+    if all("error" not in c for c in cold.values()) and len(cold) == 2:
+        c, d = cold["cmrt onnxruntime cpu"], cold["diffusers eager fp32"]
+        ratio = (d["import_s"] + d["load_s"]) / (c["import_s"] + c["load_s"])
+
+    result = {
+        "command": "cmrt bench " + " ".join(sys.argv[1:] if argv is None else argv),
+        "created_unix": int(time.time()),
+        "model": {"name": name, "folder": str(folder), "engine": str(engine),
+                  "parameters": manifest.data["unet"]["parameters"], "unet_gflops_batch1": flops1 / 1e9},
+        "settings": {"batch": args.batch, "steps": args.steps, "runs": args.runs, "warmup": args.warmup},
+        "machine": desc, "gemm": gemm, "runs": runs, "cold_start": cold, "import_load_speedup": ratio,
+        "same_output_max_abs_diff": max(cmrt_diffs) if cmrt_diffs else float("nan"),
+        "same_output_per_system": diffs, "notes": notes,
+    }
+    from cmrt._atomic import write_bytes_atomic, write_json_atomic
+
+    write_json_atomic(out / "results.json", result)
+    has_plot = report.plot(result, out / "latency.png")
+    write_bytes_atomic(out / "report.md", report.markdown(result, "latency.png" if has_plot else None).encode())
+    print(report.table(result))
+    if ratio:
+        print(f"import + load: cmrt {ratio:.1f}x faster than diffusers")
+    for n in notes:
+        print("note:", n)
+    print(f"wrote {out / 'results.json'}, {out / 'report.md'}" + (f", {out / 'latency.png'}" if has_plot else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,110 @@
+"""The systems under comparison, each a callable `(batch, steps, seed) -> images` that also
+accounts the seconds spent inside the UNet, so the time outside it (scheduler, copies,
+Python) can be reported per step."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class UNetClock:
+    seconds: float = 0.0
+    calls: int = 0
+    sync: object = None  # a callable that waits for the device, where there is one
+
+    def wrap(self, fn):
+        def timed(*args, **kwargs):
+            if self.sync:
+                self.sync()
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            if self.sync:
+                self.sync()
+            self.seconds += time.perf_counter() - t0
+            self.calls += 1
+            return out
+
+        return timed
+
+
+def fixed_labels(num_classes: int | None, batch: int) -> list[int] | None:
+    return None if num_classes is None else [(7 * i + 3) % num_classes for i in range(batch)]
+
+
+@dataclass
+class System:
+    name: str
+    kind: str  # "diffusers" | "cmrt"
+    clock: UNetClock = field(default_factory=UNetClock)
+    error: str | None = None
+
+    def __call__(self, batch: int, steps: int, seed: int, same_noise_as_diffusers: bool = False) -> np.ndarray:
+        raise NotImplementedError
+
+
+class DiffusersSystem(System):
+    """diffusers' ConsistencyModelPipeline as users run it today (fp32 on CPU, fp16 on GPU)."""
+
+    def __init__(self, model_folder: str, device: str = "cpu", compile_unet: bool = False):
+        import torch
+        from diffusers import ConsistencyModelPipeline
+
+        name = "diffusers " + ("torch.compile" if compile_unet else "eager") + (" fp16" if device == "cuda" else " fp32")
+        super().__init__(name=name, kind="diffusers")
+        self.torch = torch
+        dtype = torch.float16 if device == "cuda" else torch.float32
+        self.pipe = ConsistencyModelPipeline.from_pretrained(model_folder, torch_dtype=dtype).to(device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.device = device
+        if device == "cuda":
+            self.clock.sync = torch.cuda.synchronize
+        unet = self.pipe.unet
+        self.num_classes = unet.config.num_class_embeds
+        if compile_unet:
+            # CPU: default inductor mode; GPU: the seed document's reduce-overhead (CUDA graphs).
+            mode = "reduce-overhead" if device == "cuda" else "default"
+            self.pipe.unet = torch.compile(unet, mode=mode, fullgraph=True)
+            self.clock = UNetClock(sync=self.clock.sync)
+            self.clock.seconds = float("nan")  # hooks inside a compiled graph would change what is measured
+        else:
+            unet.forward = self.clock.wrap(unet.forward)
+
+    def __call__(self, batch, steps, seed, same_noise_as_diffusers=False):
+        with self.torch.inference_mode():
+            out = self.pipe(
+                batch_size=batch,
+                class_labels=fixed_labels(self.num_classes, batch),
+                num_inference_steps=steps,
+                generator=self.torch.manual_seed(seed),
+                output_type="np",
+            ).images
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
+        return out
+
+
+class CmrtSystem(System):
+    def __init__(self, engine_dir: str, backend: str = "onnxruntime", device: str = "cpu", name: str | None = None,
+                 **load_kwargs):
+        import cmrt
+
+        self.pipe = cmrt.load(engine_dir, backend=backend, device=device, **load_kwargs)
+        b = self.pipe.backend
+        super().__init__(name=name or f"cmrt {b.name} {b.device}", kind="cmrt")
+        self.num_classes = self.pipe.num_classes
+        b.run = self.clock.wrap(b.run)
+
+    def __call__(self, batch, steps, seed, same_noise_as_diffusers=False):
+        # Timed runs use the production default (numpy noise); the same-output check uses
+        # torch-compatible noise so the images can be compared with diffusers' one to one.
+        return self.pipe(
+            batch_size=batch,
+            class_labels=fixed_labels(self.num_classes, batch),
+            num_inference_steps=steps,
+            seed=seed,
+            rng="torch" if same_noise_as_diffusers else "numpy",
+            output_type="np",
+        ).images
