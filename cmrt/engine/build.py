@@ -92,14 +92,72 @@ def up_to_date(out: Path, key: str) -> bool:
     return manifest.data.get("build_key") == key
 
 
+BUILD_BACKENDS = ("onnxruntime", "auto", "tensorrt")
+
+
 def build_engine_folder(
     model: str,
     out: str | Path | None = None,
     options: BuildOptions | None = None,
     force: bool = False,
     revision: str | None = None,
+    backend: str = "onnxruntime",
+    tensorrt: Any = None,
 ) -> Path:
-    """Build (or reuse) the engine folder for `model` and return its path."""
+    """Build (or reuse) the engine folder for `model` and return its path.
+
+    `backend`: "onnxruntime" builds the ONNX folder only; "tensorrt" also builds (or reuses)
+    a validated TensorRT engine in it, and fails at once where TensorRT cannot run; "auto"
+    does the TensorRT step where a GPU and TensorRT are present, else says so in one log line
+    and leaves the ONNX folder that ONNX Runtime serves. `tensorrt`: a
+    `tensorrt_build.TensorRTOptions` (profile opt/max, optimization level, timing cache, tolerance).
+    The TensorRT step never changes the folder's build key.
+    """
+    if backend not in BUILD_BACKENDS:
+        raise ValueError(f"backend must be one of {BUILD_BACKENDS}, got {backend!r}")
+    trt_missing = None
+    if backend != "onnxruntime":
+        from ..runtime.backends.selection import probe_environment
+        from .tensorrt_build import BackendUnavailableError, TensorRTOptions
+
+        tensorrt = tensorrt or TensorRTOptions()
+        trt_missing = probe_environment().tensorrt_missing_reason
+        if trt_missing and backend == "tensorrt":  # fail before the (long) export
+            raise BackendUnavailableError(
+                f"--backend tensorrt: TensorRT cannot run here: {trt_missing}. Use --backend auto or onnxruntime "
+                "to build the ONNX folder that ONNX Runtime serves"
+            )
+        if tensorrt.precision not in (options or BuildOptions()).precisions:
+            no_onnx = f"the TensorRT engine is built from the {tensorrt.precision} ONNX graph, which --precision leaves out"
+            if backend == "tensorrt":
+                raise ValueError(f"--backend tensorrt: {no_onnx}; add {tensorrt.precision} to --precision")
+            trt_missing = trt_missing or no_onnx
+    out = _build_onnx_folder(model, out=out, options=options, force=force, revision=revision)
+    if backend == "onnxruntime":
+        return out
+    if trt_missing:
+        logger.info("no TensorRT engine built (%s): %s holds the ONNX models that ONNX Runtime serves", trt_missing, out)
+        return out
+    from .tensorrt_build import ensure_tensorrt_engine, rebuild_blocker
+
+    blocker = rebuild_blocker(read_manifest(out, verify=False).data, tensorrt.precision)
+    if blocker:
+        if backend == "tensorrt":
+            raise EngineFolderError(f"--backend tensorrt: cannot build a TensorRT engine in {out}: {blocker}")
+        logger.info("no TensorRT engine built (%s): %s holds the ONNX models that ONNX Runtime serves", blocker, out)
+        return out
+    ensure_tensorrt_engine(out, tensorrt, force=force)
+    return out
+
+
+def _build_onnx_folder(
+    model: str,
+    out: str | Path | None = None,
+    options: BuildOptions | None = None,
+    force: bool = False,
+    revision: str | None = None,
+) -> Path:
+    """Build (or reuse) the ONNX engine folder for `model` and return its path."""
     from tqdm.auto import tqdm
 
     from ..export.loading import load_model, model_folder

@@ -6,13 +6,19 @@ import os
 from pathlib import Path
 
 from ..engine.manifest import MANIFEST_NAME, Manifest, read_manifest
-from .backends.onnxruntime_backend import OnnxRuntimeBackend, available_providers
+from .backends.onnxruntime_backend import OnnxRuntimeBackend
+from .backends.selection import (
+    BACKENDS,
+    DEVICES,
+    BackendUnavailableError,
+    Environment,
+    Selection,
+    probe_environment,
+    select_backend,
+)
 from .pipeline import Pipeline
 
 logger = logging.getLogger(__name__)
-
-BACKENDS = ("auto", "onnxruntime")
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def engine_root() -> Path:
@@ -47,7 +53,8 @@ def resolve_device(device: str) -> str:
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     if device == "auto":
-        return "cuda" if "CUDAExecutionProvider" in available_providers() else "cpu"
+        env = probe_environment()
+        return "cuda" if env.tensorrt_usable or env.ort_cuda_usable else "cpu"
     return device
 
 
@@ -69,8 +76,14 @@ def load(
     precision: str | None = None,
     threads: int | None = None,
     verify: bool = True,
+    use_cuda_graph: bool = True,
 ) -> Pipeline:
     """Open an engine folder (checksums verified) and return a ready Pipeline.
+
+    `backend`: "auto" (TensorRT where a GPU and TensorRT are present and the folder's engine
+    is current or can be built from its ONNX; else ONNX Runtime on CUDA, else on the CPU),
+    "onnxruntime" or "tensorrt" (an error where it cannot run). `cmrt doctor` shows what
+    "auto" picks on this machine and why. `use_cuda_graph` applies to the GPU backends.
 
     `model_or_engine_dir` is an engine folder written by `cmrt build`, or a model name / hub
     id / diffusers folder, whose default engine folder (`$CMRT_ENGINE_DIR`, default
@@ -82,10 +95,76 @@ def load(
         raise TypeError(f"model_or_engine_dir must be a path or model name, got {type(model_or_engine_dir).__name__}")
     folder = find_engine_folder(model_or_engine_dir)
     manifest = read_manifest(folder, verify=verify)
-    dev = resolve_device(device)
-    prec = choose_precision(manifest, dev, precision)
-    engine = OnnxRuntimeBackend(manifest.onnx_path(prec), device=dev, threads=threads)
+    manifest, engine = open_backend(manifest, backend, device, precision, threads, use_cuda_graph)
     return Pipeline(manifest, engine)
+
+
+def open_backend(
+    manifest: Manifest,
+    backend: str = "auto",
+    device: str = "auto",
+    precision: str | None = None,
+    threads: int | None = None,
+    use_cuda_graph: bool = True,
+):
+    """Select (see `backends.selection`) and construct the backend; returns (manifest, backend).
+
+    The manifest is returned too because a TensorRT engine built or rebuilt here rewrites it.
+    """
+    from ..engine.tensorrt_build import PRECISIONS, TensorRTOptions
+
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if precision is not None and precision not in ("fp32", "fp16"):
+        raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
+    trt_options = TensorRTOptions(precision=precision) if precision in PRECISIONS else None
+    # device='cpu' never needs the (slower) machine probe
+    env = probe_environment() if device != "cpu" else None
+    sel = select_backend(env or Environment(), backend, device, manifest.data, trt_options)
+    if sel.fallback:
+        logger.warning("%s; using ONNX Runtime on %s", sel.fallback, sel.device.upper() if sel.device == "cpu" else "CUDA")
+    logger.info("backend %s on %s: %s", sel.backend, sel.device, sel.reason)
+    if sel.backend == "tensorrt":
+        try:
+            return _open_tensorrt(manifest, sel, trt_options, use_cuda_graph)
+        except Exception as e:
+            if backend == "tensorrt":
+                raise
+            logger.warning("TensorRT could not be used (%s); falling back to ONNX Runtime", e)
+            sel = select_backend(env, "onnxruntime", device, manifest.data)
+    prec = choose_precision(manifest, sel.device, precision)
+    if sel.device == "cuda":
+        from .backends.ort_cuda_backend import OrtCudaBackend
+
+        engine = OrtCudaBackend(
+            manifest.onnx_path(prec), use_cuda_graph=use_cuda_graph, min_batch=manifest.min_batch, max_batch=manifest.max_batch
+        )
+    else:
+        engine = OnnxRuntimeBackend(manifest.onnx_path(prec), device="cpu", threads=threads)
+    return manifest, engine
+
+
+def _open_tensorrt(manifest: Manifest, sel: Selection, trt_options, use_cuda_graph: bool):
+    from ..engine.tensorrt_build import ENTRY_KEY, ensure_tensorrt_engine
+    from .backends.tensorrt_backend import TensorRTBackend
+
+    if sel.engine_action in ("build", "rebuild"):
+        logger.warning("%s: %s; building its TensorRT engine now (once; it is stored in the folder)", manifest.folder, sel.engine_reason)
+        ensure_tensorrt_engine(manifest.folder, trt_options)
+        manifest = read_manifest(manifest.folder, verify=True)
+    entry = manifest.data.get(ENTRY_KEY)
+    if not entry:
+        raise BackendUnavailableError(f"{manifest.folder} has no TensorRT engine; build one with `cmrt build ... --backend tensorrt`")
+    prof = entry["profile"]
+    engine = TensorRTBackend(
+        manifest.folder / entry["file"],
+        manifest.io_spec(entry["precision"]),
+        profile=(prof["min"], prof["opt"], prof["max"]),
+        use_cuda_graph=use_cuda_graph,
+    )
+    return manifest, engine
 
 
 def generate(model_or_engine_dir: str | os.PathLike, backend: str = "auto", device: str = "auto", **kwargs):
