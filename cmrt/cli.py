@@ -61,6 +61,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"), help="see `cmrt doctor`")
     p.add_argument("--precision", choices=("fp32", "fp16"))
+    p.add_argument("--server", metavar="URL",
+                   help="generate on a running `cmrt serve` (http://HOST:PORT or grpc://HOST:PORT); image i uses seed SEED+i")
 
 
 def _add_info(sub) -> None:
@@ -87,6 +89,24 @@ def cmd_demo(args) -> int:
         n = r.images // len(r.grids)
         print(f"{name}: wrote {path}  ({n} images in {r.seconds[name]:.2f} s, {r.seconds[name] / n * 1000:.1f} ms/image)")
     return 0
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="latency benchmark against diffusers (from a source checkout; `cmrt bench --help`)",
+                       add_help=False)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+
+
+def cmd_bench(args) -> int:
+    # The harness lives in the repository's benchmarks/ folder, beside the package.
+    repo = Path(__file__).resolve().parent.parent
+    if not (repo / "benchmarks" / "latency" / "run.py").is_file():
+        raise FileNotFoundError("cmrt bench runs from a cmrt source checkout (benchmarks/latency not found beside cmrt/)")
+    if str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+    from benchmarks.latency.run import main as bench_main
+
+    return bench_main(args.bench_args)
 
 
 def cmd_build(args) -> int:
@@ -126,6 +146,8 @@ def cmd_build(args) -> int:
 
 
 def cmd_generate(args) -> int:
+    if getattr(args, "server", None):
+        return _generate_on_server(args)
     from .runtime import load
     from .runtime.postprocess import make_grid
 
@@ -211,7 +233,130 @@ def cmd_doctor(args) -> int:
     return 0
 
 
+def cmd_edit(args) -> int:
+    from .edit_cli import run
+
+    return run(args)
+
+
+def _generate_on_server(args) -> int:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from ._atomic import write_bytes_atomic
+    from .client import Client
+    from .runtime.postprocess import make_grid
+
+    if args.timesteps is not None:
+        raise ValueError("--timesteps cannot be sent to a server: start it with `cmrt serve ... --timesteps 17,0`, or send --steps")
+    if args.rng != "numpy":
+        raise ValueError("--rng is the server's choice: start it with `cmrt serve ... --rng torch`")
+    if args.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % (2**62))
+    labels = args.class_labels
+    if labels is not None and len(labels) not in (1, args.batch):
+        raise ValueError(f"--class-labels has {len(labels)} labels for --batch {args.batch}; give one, or one per image")
+    t0 = time.perf_counter()
+    images = Client(args.server).generate(
+        [seed + i for i in range(args.batch)], class_labels=labels, num_inference_steps=args.steps
+    )
+    dt = time.perf_counter() - t0
+    buf = io.BytesIO()
+    Image.fromarray(make_grid(images.astype(np.float32) / 255, cols=args.cols)).save(buf, format="PNG")
+    write_bytes_atomic(args.out, buf.getvalue())
+    print(f"wrote {args.out} ({args.batch} images from {args.server}, seeds {seed}..{seed + args.batch - 1}): {dt:.3f} s")
+    return 0
+
+
+def _serve_common(p) -> None:
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="engine folder, or a model name (its engine is built if missing)")
+    p.add_argument("--max-batch", type=int, help="Triton max_batch_size (default: the engine folder's max batch)")
+    p.add_argument("--max-queue-delay-us", type=int, default=2000, help="dynamic batching: longest wait to fill a batch (default 2000)")
+    p.add_argument("--instances", type=int, help="model instances (per GPU on KIND_GPU)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--steps", type=int, help="steps for requests that send no num_inference_steps (default 1)")
+    g.add_argument("--timesteps", type=_int_list, help="explicit timesteps for requests that send no num_inference_steps, e.g. 17,0")
+    p.add_argument("--max-steps", type=int, help="largest num_inference_steps a request may ask for (default: the model's num_train_timesteps)")
+    p.add_argument("--rng", choices=("numpy", "torch"), default="numpy",
+                   help="'torch': a seed gives what diffusers makes with generator=torch.manual_seed(seed)")
+    p.add_argument("--precision", choices=("fp32", "fp16"))
+
+
+def _serve_settings(args):
+    from .serve.handler import ServeSettings
+
+    return ServeSettings(
+        steps=args.steps, timesteps=None if args.timesteps is None else tuple(args.timesteps),
+        max_steps=args.max_steps, rng=args.rng,
+    )
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="serve an engine folder on Triton Inference Server (needs cmrt[serve])")
+    _serve_common(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=8001, help="0: no gRPC")
+    p.add_argument("--metrics-port", type=int, default=8002, help="0: no metrics")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"))
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: one per core)")
+
+
+def cmd_serve(args) -> int:
+    from .serve.server import ServeOptions, serve
+
+    opts = ServeOptions(
+        host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+        max_batch=args.max_batch, max_queue_delay_us=args.max_queue_delay_us, instances=args.instances or 1,
+        settings=_serve_settings(args), backend=args.backend, device=args.device, precision=args.precision,
+        threads=args.threads, verbose=args.verbose,
+    )
+
+    def ready(server):
+        o = server.options
+        print(
+            f"serving model 'cmrt' ({server.engine_dir}) on {server.url}"
+            + (f", {server.grpc_url}" if o.grpc_port else "")
+            + (f", metrics {server.metrics_url}" if o.metrics_port else "")
+            + f" (tritonserver pid {server.process.pid}, workspace {server.workspace}); SIGTERM or Ctrl-C stops it",
+            flush=True,
+        )
+
+    return serve(args.model, opts, ready=ready)
+
+
+def _add_triton_repo(sub) -> None:
+    p = sub.add_parser("triton-repo", help="write a Triton model repository for the official tritonserver container")
+    _serve_common(p)
+    p.add_argument("--out", type=Path, required=True, help="repository folder to write")
+    p.add_argument("--unet", choices=("triton", "inprocess"), default="triton",
+                   help="triton: UNet on Triton's ONNX Runtime backend (official container as is; default); "
+                   "inprocess: cmrt's runtime in the Python backend (needs onnxruntime there)")
+    p.add_argument("--kind", choices=("gpu", "cpu"), default="gpu", help="instance kind: gpu = one instance group per GPU (default)")
+    p.add_argument("--force", action="store_true", help="replace an existing repository")
+
+
+def cmd_triton_repo(args) -> int:
+    from .runtime.loading import find_engine_folder
+    from .serve.triton_repo import RepoOptions, write_repository
+
+    opts = RepoOptions(
+        unet=args.unet, kind=args.kind, precision=args.precision, max_batch=args.max_batch,
+        max_queue_delay_us=args.max_queue_delay_us, instances=args.instances, settings=_serve_settings(args),
+    )
+    out = write_repository(find_engine_folder(args.model), args.out, opts, force=args.force)
+    print(f"wrote Triton model repository {out}: serve it with `tritonserver --model-repository {out.resolve()}`")
+    return 0
+
+
 COMMANDS = {"build": cmd_build, "generate": cmd_generate, "info": cmd_info, "demo": cmd_demo, "doctor": cmd_doctor}
+COMMANDS.update({"serve": cmd_serve, "triton-repo": cmd_triton_repo})
+COMMANDS["edit"] = cmd_edit
+COMMANDS["bench"] = cmd_bench
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -225,10 +370,19 @@ def make_parser() -> argparse.ArgumentParser:
     _add_info(sub)
     _add_demo(sub)
     _add_doctor(sub)
+    _add_serve(sub)
+    _add_triton_repo(sub)
+    _add_bench(sub)
+    from .edit_cli import add_parser as _add_edit
+
+    _add_edit(sub)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # the harness parses its own options (argparse.REMAINDER drops leading flags)
+        return cmd_bench(argparse.Namespace(bench_args=argv[1:]))
     args = make_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
@@ -237,11 +391,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, TypeError, EngineFolderError, FileNotFoundError, BackendUnavailableError, EngineValidationError) as e:
+    except (ValueError, TypeError, EngineFolderError, FileNotFoundError, FileExistsError, BackendUnavailableError, EngineValidationError) as e:
         print(f"cmrt {args.command}: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # hub unreachable, missing extras: one line, not a traceback
-        if type(e).__name__ in ("ModelUnavailableError",) or isinstance(e, ImportError):
+        if type(e).__name__ in ("ModelUnavailableError", "ServeError", "ServerError", "URLError") or isinstance(e, ImportError):
             print(f"cmrt {args.command}: error: {e}", file=sys.stderr)
             return 2
         raise

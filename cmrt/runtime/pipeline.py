@@ -16,6 +16,7 @@ import numpy as np
 
 from ..engine.manifest import Manifest
 from . import scheduler as cm
+from .editing import EditingMixin
 from .noise import make_noise_source
 from .postprocess import OUTPUT_TYPES, postprocess
 
@@ -35,7 +36,7 @@ def _check_int(name: str, value: Any) -> int:
     return int(value)
 
 
-class Pipeline:
+class Pipeline(EditingMixin):
     """Generation on one engine folder through one backend. Create with `cmrt.load`."""
 
     def __init__(self, manifest: Manifest, backend: Any):
