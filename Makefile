@@ -8,7 +8,9 @@ ENGINES ?= engines
 BATCH  ?= 8
 ARGS   ?=
 
-.PHONY: setup engine generate demo test test-slow test-gpu bench clean
+VENV_GPU ?= .venv-gpu
+
+.PHONY: setup setup-gpu engine generate demo doctor test test-slow test-gpu bench clean
 
 setup: $(VENV)/.cmrt-setup
 
@@ -35,8 +37,22 @@ test: setup
 test-slow: setup
 	$(PY) -m pytest -q -rP --run-slow
 
-test-gpu: setup
-	$(PY) -m pytest -q --run-gpu -m gpu tests/gpu
+# GPU machines only: onnxruntime-gpu + TensorRT in their own venv (never beside onnxruntime).
+setup-gpu: $(VENV_GPU)/.cmrt-setup
+
+$(VENV_GPU)/.cmrt-setup: pyproject.toml
+	$(PYTHON) -m venv $(VENV_GPU)
+	$(VENV_GPU)/bin/python -m pip install -q --upgrade pip
+	$(VENV_GPU)/bin/python -m pip install -q torch==2.13.0
+	$(VENV_GPU)/bin/python -m pip install -q -e '.[gpu,export,dev]'
+	touch $@
+
+test-gpu: setup-gpu
+	$(VENV_GPU)/bin/python -m cmrt doctor
+	$(VENV_GPU)/bin/python -m pytest -q -rA --run-gpu -m gpu tests/gpu
+
+doctor: setup
+	$(PY) -m cmrt doctor
 
 bench: setup
 	$(PY) -m cmrt bench $(if $(ARCH),--arch $(ARCH),--model $(MODEL)) $(ARGS)
