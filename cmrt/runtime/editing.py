@@ -361,22 +361,6 @@ class EditingMixin:
         b, out = broadcast_batch(arrays, batch_size)
         return self.check_batch_size(b), out
 
-    def _check_step_noise(self, noise: Any, count: int, batch_size: int) -> list[np.ndarray] | None:
-        if noise is None:
-            return None
-        if isinstance(noise, np.ndarray) or not isinstance(noise, (list, tuple)):
-            raise TypeError("noise must be a list with one standard-normal numpy array per step after the first")
-        if len(noise) != count:
-            raise ValueError(f"noise has {len(noise)} arrays but this schedule re-noises {count} times (steps - 1)")
-        expected = (batch_size, *self._shape_chw)
-        out = []
-        for i, z in enumerate(noise):
-            if not isinstance(z, np.ndarray) or z.shape != expected:
-                got = z.shape if isinstance(z, np.ndarray) else type(z).__name__
-                raise ValueError(f"noise[{i}] must be a numpy array of shape {expected}, got {got}")
-            out.append(z.astype(np.float32, copy=False))
-        return out
-
     def _run_algorithm4(
         self,
         *,
@@ -401,7 +385,8 @@ class EditingMixin:
         labels = self.check_class_labels(class_labels, batch_size)
         if latents is not None:
             latents = self.check_latents(latents, batch_size)
-        noise = self._check_step_noise(noise, schedule.num_steps - 1, batch_size)
+        noise = self.check_noise(noise, schedule.num_steps - 1, batch_size, per="step after the first",
+                                 why="this schedule re-noises {n} times (steps - 1)")
         source = make_noise_source(seed, generator, rng, batch_size)
         shape = (batch_size, *self._shape_chw)
         if latents is None:

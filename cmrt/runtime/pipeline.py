@@ -91,13 +91,16 @@ class Pipeline(EditingMixin):
             raise ValueError(f"latents has shape {latents.shape}, expected {expected} (batch_size, channels, size, size)")
         return latents.astype(np.float32, copy=False)
 
-    def check_noise(self, noise: Any, schedule: cm.Schedule, batch_size: int) -> list[np.ndarray] | None:
+    def check_noise(
+        self, noise: Any, count: int, batch_size: int, per: str = "step", why: str = "the schedule has {n} steps"
+    ) -> list[np.ndarray] | None:
+        """`noise` as `count` float32 arrays of the sample's shape, or None; `per`/`why` word the errors."""
         if noise is None:
             return None
         if isinstance(noise, np.ndarray) or not isinstance(noise, (list, tuple)):
-            raise TypeError("noise must be a list with one standard-normal numpy array per step")
-        if len(noise) != schedule.num_steps:
-            raise ValueError(f"noise has {len(noise)} arrays but the schedule has {schedule.num_steps} steps")
+            raise TypeError(f"noise must be a list with one standard-normal numpy array per {per}")
+        if len(noise) != count:
+            raise ValueError(f"noise has {len(noise)} arrays but {why.format(n=count)}")
         expected = (batch_size, *self._shape_chw)
         out = []
         for i, z in enumerate(noise):
@@ -172,7 +175,7 @@ class Pipeline(EditingMixin):
             raise TypeError("callback must be callable as callback(step, timestep, sample)")
         schedule = self.schedule(num_inference_steps, timesteps)
         labels = self.check_class_labels(class_labels, batch_size)
-        noise = self.check_noise(noise, schedule, batch_size)
+        noise = self.check_noise(noise, schedule.num_steps, batch_size)
         if latents is not None:
             latents = self.check_latents(latents, batch_size)
         source = make_noise_source(seed, generator, rng, batch_size)
