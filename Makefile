@@ -19,7 +19,7 @@ $(VENV)/.cmrt-setup: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[cpu,export,dev]'
+	$(PY) -m pip install -q -e '.[cpu,export,dev,serve]'
 	touch $@
 
 engine: setup
