@@ -23,10 +23,16 @@ OPENAI_CHECKPOINTS: dict[str, tuple[int, ...] | None] = {
     "ct_cat256": (62, 0),
 }
 
-# Models that need no download. `tiny-random` is a randomly initialised UNet of diffusers'
-# own test size: it exercises the whole path but draws noise, not pictures.
-BUILTIN_MODELS = ("tiny-random",)
-DEFAULT_MODEL = "tiny-random"
+# Models that need no download. `digits` is a small class-conditional consistency model that
+# ships inside the package (trained by scripts/train_digits.py on scikit-learn's digits);
+# `tiny-random` is a randomly initialised UNet of diffusers' own test size: it exercises the
+# whole path but draws noise, not pictures.
+BUILTIN_MODELS = ("digits", "tiny-random")
+DEFAULT_MODEL = "digits"
+SHIPPED_MODELS_DIR = Path(__file__).resolve().parent / "models"
+# 2-step timesteps chosen for the shipped models by scripts/digits_quality.py
+DIGITS_TWO_STEP = (40, 0)
+BUILTIN_TIMESTEPS: dict[str, tuple[int, ...]] = {"digits": DIGITS_TWO_STEP}
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,8 @@ class ModelSource:
 
     @property
     def default_timesteps(self) -> tuple[int, ...] | None:
+        if self.kind == "builtin":
+            return BUILTIN_TIMESTEPS.get(self.name)
         return OPENAI_CHECKPOINTS.get(self.name) if self.kind == "openai" else None
 
 

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from .._atomic import staging_dir
+from ..registry import BUILTIN_TIMESTEPS, SHIPPED_MODELS_DIR, is_diffusers_folder
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,13 @@ def save_consistency_folder(unet, scheduler, folder: Path) -> None:
 
 def builtin_folder(name: str) -> tuple[Path, str]:
     """Return (folder, fingerprint) of a built-in model, creating the folder on first use."""
+    if name in BUILTIN_TIMESTEPS or (SHIPPED_MODELS_DIR / name).is_dir():
+        from .loading import folder_fingerprint
+
+        folder = SHIPPED_MODELS_DIR / name
+        if not is_diffusers_folder(folder):
+            raise ValueError(f"the shipped model {name!r} is missing from {folder}; reinstall cmrt")
+        return folder, folder_fingerprint(folder)
     if name != "tiny-random":
         raise ValueError(f"unknown built-in model {name!r}")
     folder = cache_root() / "models" / f"tiny-random-v{TINY_RANDOM_VERSION}"

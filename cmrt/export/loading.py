@@ -27,20 +27,25 @@ class LoadedModel:
     source: dict[str, Any] = field(default_factory=dict)  # what goes into the manifest
 
 
+CONTENT_HASH_LIMIT = 64 << 20
+
+
 def folder_fingerprint(folder: Path) -> str:
-    """Cheap identity of a local model folder: config contents plus each weight file's size and mtime.
+    """Identity of a local model folder: the contents of configs and of weights up to 64 MiB,
+    and the size and mtime of bigger weight files.
 
     Hashing gigabytes of weights on every `cmrt build` would make the cache check slow; any
-    re-save of a checkpoint changes the size or modification time, which is what we detect.
+    re-save of a big checkpoint changes its size or modification time, which is what we detect.
+    Small models (the shipped ones) are identified by content, so a fresh clone reuses nothing stale.
     """
     h = hashlib.sha256()
     for p in sorted(q for sub in ("unet", "scheduler") for q in (folder / sub).glob("*") if q.is_file()):
         rel = p.relative_to(folder).as_posix()
         h.update(rel.encode())
-        if p.suffix == ".json":
-            h.update(p.read_bytes())
+        st = p.stat()
+        if p.suffix == ".json" or st.st_size <= CONTENT_HASH_LIMIT:
+            h.update(hashlib.sha256(p.read_bytes()).digest())
         else:
-            st = p.stat()
             h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
     return "sha256:" + h.hexdigest()
 
