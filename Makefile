@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-MODEL  ?= tiny-random
+MODEL  ?= digits
 OUT    ?= outputs
 ENGINES ?= engines
 BATCH  ?= 8
@@ -19,7 +19,7 @@ $(VENV)/.cmrt-setup: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[cpu,export,dev,serve]'
+	$(PY) -m pip install -q -e '.[cpu,openvino,export,dev,serve]'
 	touch $@
 
 engine: setup

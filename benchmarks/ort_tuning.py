@@ -51,6 +51,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--torch", action="store_true", help="also time the PyTorch eager UNet of the source model")
+    ap.add_argument("--fusions", action="store_true",
+                    help="also try onnxruntime.transformers' 'unet' fusions (slow to apply; they emit NhwcConv, "
+                         "which the CPU provider lacks)")
     args = ap.parse_args()
     manifest = json.loads((args.engine / "manifest.json").read_text())
     onnx_path = args.engine / manifest["onnx"]["fp32"]["file"]
@@ -68,11 +71,12 @@ def main() -> None:
     variants["no spinning"], _ = session(onnx_path, spin=False)
     variants["memory arena off"], _ = session(onnx_path, arena=False)
     tmp = Path(tempfile.mkdtemp())
-    try:
-        fused = unet_fusions(onnx_path, tmp / "fused.onnx")
-        variants["transformers optimizer 'unet' fusions"], _ = session(fused)
-    except Exception as e:  # report, do not hide
-        print(f"'unet' fusions failed: {type(e).__name__}: {e}")
+    if args.fusions:
+        try:
+            fused = unet_fusions(onnx_path, tmp / "fused.onnx")
+            variants["transformers optimizer 'unet' fusions"], _ = session(fused)
+        except Exception as e:  # report, do not hide
+            print(f"'unet' fusions failed: {type(e).__name__}: {e}")
     opt_path = tmp / "pre-optimized.onnx"
     import onnxruntime as ort
 

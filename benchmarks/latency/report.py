@@ -67,8 +67,12 @@ def markdown(result: dict, plot_name: str | None) -> str:
     md.append(f"- machine GEMM rate: {result['gemm']['flops_per_s'] / 1e9:.1f} GFLOP/s ({result['gemm']['how']})")
     md.append(f"- warm latency: {result['settings']['warmup']} warm-up call(s), then {result['settings']['runs']} timed "
               "calls per setting, systems interleaved call by call; figures are medians (p90/p99 for spread)")
-    md.append(f"- same output: max abs difference between cmrt (`rng=\"torch\"`) and diffusers images for the same "
-              f"seed: {result['same_output_max_abs_diff']:.2e}; timed cmrt calls use its default numpy noise")
+    md.append(f"- same output: max abs difference between cmrt fp32 (`rng=\"torch\"`) and diffusers images for the "
+              f"same seed: {result['same_output_max_abs_diff']:.2e}; timed cmrt calls use its default numpy noise")
+    per = result.get("same_output_per_system") or {}
+    if per:
+        md.append("- image max abs difference from diffusers eager, same seed, batch 1: "
+                  + "; ".join(f"{k}: {v:.2e}" for k, v in per.items()))
     md += ["", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     md += ["| " + " | ".join(fmt_row(r)) + " |" for r in rows(result)]
     if result.get("cold_start"):

@@ -86,6 +86,12 @@ def make_systems(folder: Path, engine: Path, args, notes: list[str]):
         except Exception as e:  # report, do not hide: compile support varies by machine
             notes.append(f"diffusers + torch.compile did not work on this machine: {type(e).__name__}: {str(e)[:200]}")
     systems.append(CmrtSystem(str(engine), backend="onnxruntime", device="cpu", name="cmrt onnxruntime cpu"))
+    for precision in ("fp32", "bf16"):
+        try:
+            systems.append(CmrtSystem(str(engine), backend="openvino", device="cpu", precision=precision,
+                                      name=f"cmrt openvino cpu {precision}"))
+        except (ImportError, RuntimeError) as e:
+            notes.append(f"cmrt openvino {precision} unavailable: {e}")
     if device == "cuda":
         for name, kw in gpu_variants():
             try:
@@ -175,7 +181,7 @@ def main(argv=None) -> int:
     ref = systems[0](1, max(args.steps), 0)
     diffs = {s.name: float(np.abs(s(1, max(args.steps), 0, same_noise_as_diffusers=True) - ref).max())
              for s in systems[1:]}
-    cmrt_diffs = [v for k, v in diffs.items() if k.startswith("cmrt")]
+    cmrt_diffs = [v for k, v in diffs.items() if k.startswith("cmrt") and "bf16" not in k and "fp16" not in k]
 
     total = len(args.batch) * len(args.steps) * len(systems) * (args.warmup + args.runs)
     with tqdm(total=total, desc=f"bench {slug}", unit="call") as bar:

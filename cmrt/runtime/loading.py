@@ -89,12 +89,14 @@ def load(
     id / diffusers folder, whose default engine folder (`$CMRT_ENGINE_DIR`, default
     ./engines) is used or built.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend not in BACKENDS + ("openvino",):
+        raise ValueError(f"backend must be one of {BACKENDS + ('openvino',)}, got {backend!r}")
     if not isinstance(model_or_engine_dir, (str, os.PathLike)):
         raise TypeError(f"model_or_engine_dir must be a path or model name, got {type(model_or_engine_dir).__name__}")
     folder = find_engine_folder(model_or_engine_dir)
     manifest = read_manifest(folder, verify=verify)
+    if backend == "openvino":
+        return Pipeline(manifest, _open_openvino(manifest, device, precision, threads))
     manifest, engine = open_backend(manifest, backend, device, precision, threads, use_cuda_graph)
     return Pipeline(manifest, engine)
 
@@ -144,6 +146,18 @@ def open_backend(
     else:
         engine = OnnxRuntimeBackend(manifest.onnx_path(prec), device="cpu", threads=threads)
     return manifest, engine
+
+
+def _open_openvino(manifest: Manifest, device: str, precision: str | None, threads: int | None):
+    """OpenVINO on the CPU, from the fp32 ONNX; precision 'fp32' (default) or 'bf16' (opt-in, approximate)."""
+    from .backends.openvino_backend import OpenVINOBackend
+
+    if device not in ("auto", "cpu"):
+        raise ValueError(f"the OpenVINO backend runs on the CPU; got device={device!r}")
+    precision = precision or "fp32"
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision for backend='openvino' must be 'fp32' or 'bf16', got {precision!r}")
+    return OpenVINOBackend(manifest.onnx_path("fp32"), precision=precision, threads=threads)
 
 
 def _open_tensorrt(manifest: Manifest, sel: Selection, trt_options, use_cuda_graph: bool):
