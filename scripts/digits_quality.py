@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Score the bundled digits consistency model with diffusers' reference pipeline.
+"""Score the bundled digits consistency model with diffusers' reference pipeline and/or cmrt.
 
 Loads ``--model`` with ``diffusers.ConsistencyModelPipeline.from_pretrained``,
 generates ``--num-samples`` images at 1 step and at 2 steps, once with labels
@@ -13,6 +13,11 @@ noise level sigma_k). ``--two-step`` accepts several ``k,0`` lists to compare
 and ``steps2`` for diffusers' default ``num_inference_steps=2``.
 
     .venv/bin/python scripts/digits_quality.py --num-samples 1000
+    .venv/bin/python scripts/digits_quality.py --runtime both --batch-size 16   # cmrt vs diffusers
+
+``--runtime cmrt`` generates with cmrt's ONNX Runtime pipeline from the model's engine
+folder (built if missing), drawing the same noise as diffusers (``rng="torch"``, one
+generator continued across batches), so the two runtimes score the same samples.
 """
 
 from __future__ import annotations
@@ -52,6 +57,20 @@ def generate(pipe, labels, batch_size, seed, num_inference_steps=None, timesteps
     return np.concatenate(out)
 
 
+def generate_cmrt(pipe, labels, batch_size, seed, num_inference_steps=None, timesteps=None):
+    import numpy as np
+
+    from cmrt.runtime.torch_rng import TorchCPUGenerator
+
+    gen = TorchCPUGenerator(seed)  # torch.Generator().manual_seed(seed), continued across batches
+    out = []
+    for start in range(0, len(labels), batch_size):
+        lab = [int(v) for v in labels[start : start + batch_size]]
+        kw = {"timesteps": list(timesteps)} if timesteps is not None else {"num_inference_steps": num_inference_steps}
+        out.append(pipe(batch_size=len(lab), class_labels=lab, generator=gen, rng="torch", output_type="np", **kw).images)
+    return np.concatenate(out)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=os.path.join(REPO_ROOT, "cmrt", "models", "digits"), help="ConsistencyModelPipeline folder")
@@ -65,6 +84,7 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-one-step", action="store_true")
     ap.add_argument("--full", action="store_true", help="also print per-class figures")
     ap.add_argument("--json-out", default=None, help="also write the JSON to this file")
+    ap.add_argument("--runtime", choices=("diffusers", "cmrt", "both"), default="diffusers")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("digits_quality")
@@ -81,6 +101,17 @@ def main(argv=None) -> int:
     pipe = ConsistencyModelPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
     sched = pipe.scheduler
+    runtimes = {}
+    if args.runtime in ("diffusers", "both"):
+        runtimes["diffusers"] = lambda labels, **kw: generate(pipe, labels, args.batch_size, args.seed, **kw)
+    if args.runtime in ("cmrt", "both"):
+        import cmrt
+        from cmrt.engine.build import BuildOptions, build_engine_folder
+
+        engine = build_engine_folder(args.model, out=os.path.join(REPO_ROOT, "engines", "digits-quality"),
+                                     options=BuildOptions(precisions=("fp32",), max_batch=max(16, args.batch_size)))
+        cm_pipe = cmrt.load(engine)
+        runtimes["cmrt"] = lambda labels, **kw: generate_cmrt(cm_pipe, labels, args.batch_size, args.seed, **kw)
     n_train = int(sched.config.num_train_timesteps)
 
     label_sets = {
@@ -107,15 +138,17 @@ def main(argv=None) -> int:
         sched.set_timesteps(**kw)
         sigmas = [round(float(s), 4) for s in sched.sigmas[:-1]]
         entry = {"sigmas": sigmas}
-        for lname, labels in label_sets.items():
-            t0 = time.time()
-            images = generate(pipe, labels, args.batch_size, args.seed, **kw)
-            dt = time.time() - t0
-            sc = score_samples(images, labels)
-            entry[lname] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in sc.items() if args.full or k in _SUMMARY_KEYS}
-            entry[lname]["seconds"] = round(dt, 2)
-            log.info("%s / %s labels: agreement %.4f, spread %.3f, diversity %.2f (%.1fs)",
-                     name, lname, sc["agreement"], sc["class_spread"], sc["diversity"], dt)
+        for rname, run in runtimes.items():
+            for lname, labels in label_sets.items():
+                t0 = time.time()
+                images = run(labels, **kw)
+                dt = time.time() - t0
+                sc = score_samples(images, labels)
+                key = lname if len(runtimes) == 1 else f"{rname} {lname}"
+                entry[key] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in sc.items() if args.full or k in _SUMMARY_KEYS}
+                entry[key]["seconds"] = round(dt, 2)
+                log.info("%s %s / %s labels: agreement %.4f, spread %.3f, diversity %.2f (%.1fs)",
+                         rname, name, lname, sc["agreement"], sc["class_spread"], sc["diversity"], dt)
         result["results"][name] = entry
 
     text = json.dumps(result, indent=2)

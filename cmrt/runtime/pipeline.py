@@ -44,6 +44,8 @@ class Pipeline(EditingMixin):
         self.backend = backend
         self.scheduler_config = cm.SchedulerConfig.from_dict(manifest.scheduler_config)
         self._shape_chw = (manifest.in_channels, manifest.sample_size, manifest.sample_size)
+        self._plans: dict[bytes, tuple[cm.StepConstants, ...]] = {}
+        self._schedules: dict[tuple, cm.Schedule] = {}
 
     def __repr__(self) -> str:
         return (
@@ -81,7 +83,27 @@ class Pipeline(EditingMixin):
     def schedule(self, num_inference_steps: int | None, timesteps: Sequence[int] | None) -> cm.Schedule:
         if timesteps is None and num_inference_steps is None:
             num_inference_steps = 1
-        return cm.make_schedule(self.scheduler_config, num_inference_steps=num_inference_steps, timesteps=timesteps)
+        try:  # plain ints (the usual call) are remembered; anything else is validated afresh
+            key = (num_inference_steps, None if timesteps is None else tuple(timesteps))
+            if not all(type(v) is int for v in (key[1] or ())) or type(num_inference_steps) not in (int, type(None)):
+                key = None
+        except TypeError:
+            key = None
+        cached = self._schedules.get(key) if key is not None else None
+        if cached is not None:
+            return cached
+        schedule = cm.make_schedule(self.scheduler_config, num_inference_steps=num_inference_steps, timesteps=timesteps)
+        if key is not None and len(self._schedules) < 256:
+            self._schedules[key] = schedule
+        return schedule
+
+    def step_plan(self, schedule: cm.Schedule) -> tuple[cm.StepConstants, ...]:
+        """Per-step float32 constants, computed once per distinct schedule and reused."""
+        key = schedule.indices.tobytes()
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = cm.step_constants(schedule, self.scheduler_config)
+        return plan
 
     def check_latents(self, latents: Any, batch_size: int) -> np.ndarray:
         if not isinstance(latents, np.ndarray):
@@ -191,18 +213,18 @@ class Pipeline(EditingMixin):
             labels = source.labels(self.num_classes, batch_size)
 
         # 4. Denoising loop
-        n = schedule.num_steps
-        for i in range(n):
-            sigma, sigma_next = schedule.sigmas[i], schedule.sigmas[i + 1]
-            t = np.full((batch_size,), schedule.timesteps[i], dtype=np.float32)
-            model_output = self.backend.run(cm.scale_model_input(sample, sigma, cfg), t, labels)
-            if n == 1:
-                step_noise = None
-            elif noise is not None:
-                step_noise = noise[i]
-            else:
-                step_noise = source.normal(sample.shape)
-            sample = cm.step(model_output, sample, sigma, sigma_next, step_noise, cfg)
+        plan = self.step_plan(schedule)
+        n = len(plan)
+        for i, k in enumerate(plan):
+            t = np.full((batch_size,), k.t, dtype=np.float32)
+            model_output = self.backend.run(sample / k.divisor, t, labels)
+            # reuse the backend's output buffer when it is ours to overwrite
+            owned = model_output.flags.writeable and model_output.flags.owndata and model_output.dtype == np.float32
+            sample_next = cm.denoise_with(model_output, sample, k, cfg, inplace=owned)
+            if n > 1:  # one-step sampling draws no noise (diffusers uses zeros)
+                step_noise = noise[i] if noise is not None else source.normal(sample.shape)
+                sample_next = cm.renoise(sample_next, step_noise, k, cfg)
+            sample = sample_next
             if callback is not None and i % callback_steps == 0:
                 callback(i, float(schedule.timesteps[i]), sample)
 
