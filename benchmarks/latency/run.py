@@ -35,6 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-compile", action="store_true", help="skip diffusers + torch.compile")
     p.add_argument("--no-cold-start", action="store_true", help="skip the new-process measurements")
+    p.add_argument("--cold-start-only", action="store_true",
+                   help="re-measure only the cold start and rewrite the report of an earlier run in --out")
     p.add_argument("--out", type=Path, default=None, help="folder for JSON, Markdown and PNG (default benchmarks/results/NAME)")
     p.add_argument("--engines", type=Path, default=Path("engines"))
     args = p.parse_args(argv)
@@ -153,6 +155,40 @@ def measure(systems, args, bar) -> list[dict]:
     return runs
 
 
+def measure_cold_start(engine: Path, folder: Path, batch: int) -> tuple[dict, float | None]:
+    cold = {}
+    for kind, label, target in (("cmrt", "cmrt onnxruntime cpu", engine), ("diffusers", "diffusers eager fp32", folder)):
+        cold[label] = cold_start(kind, target, batch)
+    ratio = None
+    if all("error" not in c for c in cold.values()):
+        c, d = cold["cmrt onnxruntime cpu"], cold["diffusers eager fp32"]
+        ratio = (d["import_s"] + d["load_s"]) / (c["import_s"] + c["load_s"])
+    return cold, ratio
+
+
+def write_outputs(result: dict, out: Path) -> None:
+    from cmrt._atomic import write_bytes_atomic, write_json_atomic
+
+    write_json_atomic(out / "results.json", result)
+    has_plot = report.plot(result, out / "latency.png")
+    write_bytes_atomic(out / "report.md", report.markdown(result, "latency.png" if has_plot else None).encode())
+    print(report.table(result))
+    print(f"wrote {out / 'results.json'}, {out / 'report.md'}" + (f", {out / 'latency.png'}" if has_plot else ""))
+
+
+def redo_cold_start(args, slug: str, folder: Path) -> int:
+    out = args.out or REPO / "benchmarks" / "results" / slug
+    path = out / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"--cold-start-only needs an earlier run's {path}")
+    result = json.loads(path.read_text())
+    result["cold_start"], result["import_load_speedup"] = measure_cold_start(
+        Path(result["model"]["engine"]), folder, max(result["settings"]["batch"]))
+    result["cold_start_command"] = "cmrt bench " + " ".join(sys.argv[1:])
+    write_outputs(result, out)
+    return 0
+
+
 def main(argv=None) -> int:
     from tqdm.auto import tqdm
 
@@ -162,6 +198,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     name, slug, folder = model_folders(args)
+    if args.cold_start_only:
+        return redo_cold_start(args, slug, folder)
     precisions = ("fp32", "fp16") if gpu_present() else ("fp32",)
     engine = build_engine_folder(str(folder), out=args.engines / slug,
                                  options=BuildOptions(precisions=precisions, max_batch=max(16, max(args.batch))))
@@ -192,14 +230,7 @@ def main(argv=None) -> int:
         r["achieved_flops_per_s"] = flops1 * r["batch"] * r["steps"] / med
         r["fraction_of_gemm_peak"] = r["achieved_flops_per_s"] / gemm["flops_per_s"]
 
-    cold = {}
-    if not args.no_cold_start:
-        for kind, label, target in (("cmrt", "cmrt onnxruntime cpu", engine), ("diffusers", "diffusers eager fp32", folder)):
-            cold[label] = cold_start(kind, target, max(args.batch))
-    ratio = None
-    if all("error" not in c for c in cold.values()) and len(cold) == 2:
-        c, d = cold["cmrt onnxruntime cpu"], cold["diffusers eager fp32"]
-        ratio = (d["import_s"] + d["load_s"]) / (c["import_s"] + c["load_s"])
+    cold, ratio = ({}, None) if args.no_cold_start else measure_cold_start(engine, folder, max(args.batch))
 
     result = {
         "command": "cmrt bench " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -211,17 +242,11 @@ def main(argv=None) -> int:
         "same_output_max_abs_diff": max(cmrt_diffs) if cmrt_diffs else float("nan"),
         "same_output_per_system": diffs, "notes": notes,
     }
-    from cmrt._atomic import write_bytes_atomic, write_json_atomic
-
-    write_json_atomic(out / "results.json", result)
-    has_plot = report.plot(result, out / "latency.png")
-    write_bytes_atomic(out / "report.md", report.markdown(result, "latency.png" if has_plot else None).encode())
-    print(report.table(result))
+    write_outputs(result, out)
     if ratio:
         print(f"import + load: cmrt {ratio:.1f}x faster than diffusers")
     for n in notes:
         print("note:", n)
-    print(f"wrote {out / 'results.json'}, {out / 'report.md'}" + (f", {out / 'latency.png'}" if has_plot else ""))
     return 0
 
 
