@@ -24,34 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from benchmarks.latency.machine import cpu_flags, cpu_model  # noqa: E402
 from cmrt.runtime.torch_rng import TorchCPUGenerator, default_normal_kernel  # noqa: E402
 
 LATENT_SHAPES = [(b, 3, r, r) for r in (64, 256) for b in (1, 3, 8)]
 ODD_SHAPES = [(1,), (5,), (15,), (16,), (17,), (31,), (33,), (2, 3, 5, 7)]
-
-
-def cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = line.split(":", 1)[1].split()
-                    keep = sorted(f for f in flags if f.startswith("avx") or f == "fma")
-                    return " ".join(keep) or "(no avx)"
-    except OSError:
-        pass
-    return "(unknown: no /proc/cpuinfo)"
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 def main() -> int:
@@ -64,7 +41,7 @@ def main() -> int:
     print(f"torch {torch.__version__}  numpy {np.__version__}  python {platform.python_version()}")
     print(f"torch cpu capability: {torch.backends.cpu.get_cpu_capability()}   numpy kernel: {kernel}")
     print(f"cpu: {cpu_model()}")
-    print(f"cpu flags: {cpu_flags()}")
+    print(f"cpu flags: {' '.join(cpu_flags()) or '(none found)'}")
     print(f"seeds 0..{args.seeds - 1}")
     print(f"{'shape':>18} {'max|diff|':>10} {'non-identical':>14} {'state ok':>8}")
 
