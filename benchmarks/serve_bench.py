@@ -15,16 +15,12 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import contextlib
-import fcntl
 import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,35 +28,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-LOCK = Path(tempfile.gettempdir()) / "cmrt-tritonserver.lock"
 
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-@contextlib.contextmanager
-def server_lock(timeout: float = 300.0):
-    with open(LOCK, "w") as f:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"another tritonserver holds {LOCK}")
-                time.sleep(0.2)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+from cmrt.serve.local import free_ports, server_lock  # noqa: E402
 
 
 def summarize(mode: str, concurrency: int, latencies: list[float], wall: float, images: int) -> dict:
@@ -134,7 +103,7 @@ def run(args) -> dict:
         instances=args.instances, threads=args.server_threads or args.threads, device="cpu", settings=ServeSettings(steps=args.steps),
     )
     server_info = {}
-    with server_lock(), TritonServer(engine, opts) as server:
+    with server_lock(timeout=300.0), TritonServer(engine, opts) as server:
         client = Client(server.url)
 
         def served(i):

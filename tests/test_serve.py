@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import fcntl
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cmrt.serve.local import free_ports, server_lock  # noqa: F401  (test_triton_repo imports them from here)
+
 ROOT = Path(__file__).resolve().parent.parent
-LOCK = Path(tempfile.gettempdir()) / "cmrt-tritonserver.lock"
 SCENARIO_TIMEOUT = 150
 
 
@@ -91,37 +90,6 @@ def run_scenario(name: str, engine: Path, out_prefix: Path, module: str = "tests
 
 
 # --- the scenario side (runs in the child process) --------------------------------------
-def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-@contextlib.contextmanager
-def server_lock(timeout: float = 120.0):
-    """One tritonserver on this machine at a time (tests, benchmarks)."""
-    with open(LOCK, "w") as f:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"another tritonserver holds {LOCK}")
-                time.sleep(0.2)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def processes_mentioning(text: str) -> list[str]:
     found = []
     for d in Path("/proc").iterdir():
