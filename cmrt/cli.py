@@ -13,11 +13,19 @@ from .registry import DEFAULT_MODEL
 logger = logging.getLogger("cmrt")
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.replace(" ", "").split(",") if v != ""]
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 17,0, got {text!r}") from e
+def comma_list(cast, what: str):
+    """An argparse type for comma-separated values, e.g. comma_list(int, "integers such as 17,0")."""
+
+    def parse(text: str) -> list:
+        try:
+            return [cast(v) for v in text.replace(" ", "").split(",") if v != ""]
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from e
+
+    return parse
+
+
+_int_list = comma_list(int, "integers such as 17,0")
 
 
 def _add_build(sub) -> None:

@@ -6,7 +6,6 @@ one image per alpha. Torch is never imported.
 """
 from __future__ import annotations
 
-import argparse
 import io
 import logging
 import time
@@ -14,23 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli import comma_list
+
 logger = logging.getLogger(__name__)
 
 METHODS = ("inpaint", "colorize", "superres", "interpolate", "stroke")
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.replace(" ", "").split(",") if v != ""]
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 17,0, got {text!r}") from e
-
-
-def _float_list(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.replace(" ", "").split(",") if v != ""]
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 5.38,2.24, got {text!r}") from e
+_int_list = comma_list(int, "integers such as 17,0")
+_float_list = comma_list(float, "numbers such as 5.38,2.24")
 
 
 def add_parser(sub) -> None:

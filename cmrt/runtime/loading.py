@@ -49,15 +49,6 @@ def find_engine_folder(model_or_dir: str | os.PathLike) -> Path:
     return build_engine_folder(os.fspath(model_or_dir), out=folder)
 
 
-def resolve_device(device: str) -> str:
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-    if device == "auto":
-        env = probe_environment()
-        return "cuda" if env.tensorrt_usable or env.ort_cuda_usable else "cpu"
-    return device
-
-
 def choose_precision(manifest: Manifest, device: str, precision: str | None) -> str:
     if precision is not None:
         if precision not in ("fp32", "fp16"):
