@@ -1,0 +1,85 @@
+"""How much of a cmrt call is host work outside the UNet, and where it comes from.
+
+Run: .venv/bin/python -m benchmarks.host_overhead [ENGINE_DIR] (default engines/digits)
+1. cmrt's own per-call code, with the UNet replaced by a stand-in that returns at once;
+2. time outside the UNet next to the real ONNX Runtime call (what `cmrt bench` reports);
+3. the first numpy operation right after `session.run` against the same operation again,
+   with 2 and 1 intra-op threads.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+
+def per_call(pipe, steps: int, n: int) -> float:
+    for i in range(20):
+        pipe(num_inference_steps=steps, seed=i, output_type="np")
+    t0 = time.perf_counter()
+    for i in range(n):
+        pipe(num_inference_steps=steps, seed=i, output_type="np")
+    return (time.perf_counter() - t0) / n
+
+
+def main() -> None:
+    import onnxruntime as ort
+
+    import cmrt
+    from cmrt.runtime import scheduler as cm
+
+    engine = sys.argv[1] if len(sys.argv) > 1 else "engines/digits"
+    pipe = cmrt.load(engine)
+    real = pipe.backend.run
+    pipe.backend.run = lambda s, t, l: np.zeros_like(s)
+    for steps in (1, 2):
+        print(f"{steps} step(s), stand-in UNet: cmrt code {per_call(pipe, steps, 2000) * 1e6:.0f} us per call")
+    spent = [0.0]
+
+    def timed(*a):
+        t0 = time.perf_counter()
+        out = real(*a)
+        spent[0] += time.perf_counter() - t0
+        return out
+
+    pipe.backend.run = timed
+    for steps in (1, 2):
+        per_call(pipe, steps, 1)
+        spent[0] = 0.0
+        total = per_call(pipe, steps, 300) * 300
+        outside = total - spent[0]
+        print(f"{steps} step(s), real UNet: {total / 300 * 1e3:.2f} ms per call, outside the UNet "
+              f"{outside / 300 * 1e6:.0f} us ({100 * outside / total:.1f}%)")
+
+    m = pipe.manifest
+    cfg = cm.SchedulerConfig.from_dict(m.scheduler_config)
+    k = cm.step_constants(cm.make_schedule(cfg, num_inference_steps=1), cfg)[0]
+    s = m.sample_size
+    x = np.random.default_rng(0).standard_normal((1, m.in_channels, s, s), dtype=np.float32) / k.divisor
+    feeds = {"sample": x, "timestep": np.full(1, k.t, np.float32)}
+    if m.num_class_embeds:
+        feeds["class_labels"] = np.array([0], np.int64)
+    for threads in (2, 1):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(str(m.onnx_path("fp32")), so, providers=["CPUExecutionProvider"])
+        acc = np.zeros(3)
+        for i in range(520):
+            t1 = time.perf_counter()
+            o = sess.run(None, feeds)[0]
+            t2 = time.perf_counter()
+            o * k.c_out
+            t3 = time.perf_counter()
+            o * k.c_out
+            t4 = time.perf_counter()
+            if i >= 20:
+                acc += (t2 - t1, t3 - t2, t4 - t3)
+        run, first, again = acc / 500 * 1e6
+        print(f"{threads} thread(s): UNet {run / 1e3:.2f} ms; first numpy op after it {first:.0f} us, "
+              f"the same op again {again:.1f} us")
+
+
+if __name__ == "__main__":
+    main()
