@@ -1,0 +1,254 @@
+"""Rewrite 3x3 convolutions of an ONNX graph as Winograd F(4x4, 3x3) subgraphs, for CPUs.
+
+Why: on a CPU the fp32 UNet is bound by multiply-adds. ONNX Runtime's direct convolution
+already runs at the machine's measured GEMM rate, so the only fp32 speed left is doing fewer
+multiplications. Winograd's minimal filtering computes a 4x4 output tile of a 3x3
+convolution from a 6x6 input tile with 36 multiplies per (input, output) channel pair
+instead of 144, at the price of cheap linear transforms before and after.
+
+The rewritten subgraph is made of standard ops only (Conv, Reshape, Transpose, MatMul,
+DepthToSpace, Add), so ONNX Runtime runs it with its own kernels:
+
+    V = Conv(x, B-basis, group=C, 6x6, stride 4)   input transform, one 6x6 tile per output tile
+    M = U @ V                                        36 batched GEMMs [K,C] x [C,tiles]
+    Y = DepthToSpace(A-basis @ M) + bias            output transform and tile interleave
+
+The filter transform U = G W G^T stays in the graph as MatMuls over the original weight
+initializer: the file keeps the 3x3 weights (no 4x bigger initializers on disk) and ONNX
+Runtime folds U into a constant when it creates the session.
+
+Where it does not pay, the Conv is left alone: strided, grouped, dilated or non-3x3
+convolutions, spatial sizes not divisible by the tile, and small maps (below
+`min_spatial`, where the GEMMs have too few tiles to beat the direct kernel and the 4x
+larger transformed filters cost memory bandwidth). The transforms are exact in exact
+arithmetic; in fp32 the rewritten UNet stays within the export tolerance of PyTorch, which
+the build checks like any other graph.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+TILE = 4  # output tile m of F(m, r)
+KERNEL = 3  # filter size r
+ALPHA = TILE + KERNEL - 1  # input tile, 6
+
+# Lavin & Gray (2016), F(4x4, 3x3) with interpolation points 0, 1, -1, 2, -2 and infinity.
+B_T = np.array(
+    [
+        [4, 0, -5, 0, 1, 0],
+        [0, -4, -4, 1, 1, 0],
+        [0, 4, -4, -1, 1, 0],
+        [0, -2, -1, 2, 1, 0],
+        [0, 2, -1, -2, 1, 0],
+        [0, 4, 0, -5, 0, 1],
+    ],
+    dtype=np.float64,
+)
+G = np.array(
+    [
+        [1 / 4, 0, 0],
+        [-1 / 6, -1 / 6, -1 / 6],
+        [-1 / 6, 1 / 6, -1 / 6],
+        [1 / 24, 1 / 12, 1 / 6],
+        [1 / 24, -1 / 12, 1 / 6],
+        [0, 0, 1],
+    ],
+    dtype=np.float64,
+)
+A_T = np.array(
+    [
+        [1, 1, 1, 1, 1, 0],
+        [0, 1, -1, 2, -2, 0],
+        [0, 1, 1, 4, 4, 0],
+        [0, 1, -1, 8, -8, 1],
+    ],
+    dtype=np.float64,
+)
+DEFAULT_MIN_SPATIAL = 16
+EXPERIMENT: dict = {}
+
+
+def input_basis() -> np.ndarray:
+    """[36, 1, 6, 6]: filter (a, b) of the input transform is the outer product B_T[a] x B_T[b]."""
+    return np.einsum("ai,bj->abij", B_T, B_T).reshape(ALPHA * ALPHA, 1, ALPHA, ALPHA)
+
+
+def filter_basis_matrix() -> np.ndarray:
+    """[36, 9]: this @ vec(W) = vec(G W G^T), row-major over (a, b) and (i, j)."""
+    return np.kron(G, G)
+
+
+def output_basis() -> np.ndarray:
+    """[16, 36]: row (p, q) maps the 36 transformed products of a tile to output pixel (p, q)."""
+    return np.kron(A_T, A_T)
+
+
+def winograd_conv_reference(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """The same algorithm in float64 numpy, for tests: x [N,C,H,W], w [K,C,3,3], padding 1."""
+    n, c, h, wd = x.shape
+    k = w.shape[0]
+    th, tw = h // TILE, wd // TILE
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    rows = np.arange(th)[:, None] * TILE + np.arange(ALPHA)[None, :]
+    cols = np.arange(tw)[:, None] * TILE + np.arange(ALPHA)[None, :]
+    tiles = xp[:, :, rows[:, None, :, None], cols[None, :, None, :]]  # N C th tw 6 6
+    v = np.einsum("ai,nctuij,bj->abnctu", B_T, tiles, B_T)
+    u = np.einsum("ai,kcij,bj->abkc", G, w.astype(np.float64), G)
+    m = np.einsum("abkc,abnctu->abnktu", u, v)
+    y = np.einsum("pa,abnktu,qb->nktpuq", A_T, m, A_T).reshape(n, k, h, wd)
+    return y if b is None else y + b.reshape(1, -1, 1, 1)
+
+
+@dataclass
+class RewriteReport:
+    rewritten: list[str] = field(default_factory=list)
+    kept: dict[str, str] = field(default_factory=dict)  # conv name -> why it stayed a direct Conv
+
+    def to_dict(self) -> dict:
+        reasons: dict[str, int] = {}
+        for why in self.kept.values():
+            reasons[why] = reasons.get(why, 0) + 1
+        return {"algorithm": "winograd F(4x4,3x3)", "rewritten": len(self.rewritten), "kept": len(self.kept), "kept_because": reasons}
+
+
+def _attrs(node) -> dict:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def conv_input_shapes(model) -> dict[str, tuple]:
+    """Static [C, H, W] of every Conv input, from ONNX Runtime's symbolic shape inference.
+
+    onnx's own shape inference loses spatial sizes in UNet graphs (reshapes whose shapes are
+    computed at run time); the symbolic one follows them. The batch axis stays symbolic.
+    """
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    infos = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
+    shapes = {}
+    for node in inferred.graph.node:
+        if node.op_type != "Conv" or node.input[0] not in infos:
+            continue
+        dims = infos[node.input[0]].type.tensor_type.shape.dim
+        shapes[node.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims[1:])
+    return shapes
+
+
+def _why_not(node, weight, shape, min_spatial: int) -> str | None:
+    if weight is None:
+        return "weight is not an initializer"
+    if list(weight.dims[2:]) != [KERNEL, KERNEL]:
+        return "not 3x3"
+    a = _attrs(node)
+    if a.get("group", 1) != 1:
+        return "grouped"
+    if list(a.get("strides", [1, 1])) != [1, 1] or list(a.get("dilations", [1, 1])) != [1, 1]:
+        return "strided or dilated"
+    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or list(a.get("pads", [0] * 4)) != [1, 1, 1, 1]:
+        return "padding is not 1"
+    if shape is None or len(shape) != 3 or None in shape:
+        return "input size unknown"
+    _, h, w = shape
+    if h % TILE or w % TILE:
+        return f"size not divisible by {TILE}"
+    if min(h, w) < min_spatial:
+        return f"smaller than {min_spatial}x{min_spatial}"
+    return None
+
+
+def rewrite_winograd(model, min_spatial: int = DEFAULT_MIN_SPATIAL):
+    """Replace eligible Convs in `model` (an onnx ModelProto, changed in place) and report which.
+
+    The model may be loaded without its external data: only node wiring and small new
+    initializers change, existing initializers are referenced, never read.
+    """
+    from onnx import helper, numpy_helper
+
+    if not isinstance(min_spatial, int) or min_spatial < TILE:
+        raise ValueError(f"min_spatial must be an integer >= {TILE}, got {min_spatial!r}")
+    graph = model.graph
+    shapes = conv_input_shapes(model)
+    inits = {t.name: t for t in graph.initializer}
+    report = RewriteReport()
+    shared: dict[str, str] = {}
+
+    def const(name: str, value: np.ndarray, dtype=np.float32) -> str:
+        if name not in shared:
+            graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+            shared[name] = name
+        return name
+
+    filter_basis = const("cmrt_winograd/G", filter_basis_matrix())
+    basis_in = const("cmrt_winograd/B", input_basis())
+    basis_out = const("cmrt_winograd/A", output_basis())
+
+    new_nodes = []
+    for i, node in enumerate(graph.node):
+        name = node.name or f"Conv_{i}"
+        if node.op_type != "Conv" or node.domain not in ("", "ai.onnx"):
+            new_nodes.append(node)
+            continue
+        weight = inits.get(node.input[1])
+        why = _why_not(node, weight, shapes.get(node.name), min_spatial)
+        if why:
+            report.kept[name] = why
+            new_nodes.append(node)
+            continue
+        k, c = int(weight.dims[0]), int(weight.dims[1])
+        _, h, w = shapes[node.name]
+        th, tw = h // TILE, w // TILE
+        p = f"{name}/winograd"
+
+        def shape_const(suffix: str, dims: list[int]) -> str:
+            return const(f"{p}/{suffix}", dims, np.int64)
+
+        x, out = node.input[0], node.output[0]
+        nodes = [
+            # U = G W G^T as [36, K, C]: constant, folded by ONNX Runtime at session creation. One
+            # [36, 9] x [9, K*C] GEMM (per-filter products fold ~20x slower); transposing the 9-wide
+            # weights rather than the 36-wide result.
+            helper.make_node("Reshape", [node.input[1], shape_const("w_shape", [k * c, KERNEL * KERNEL])], [f"{p}/W_flat"]),
+            helper.make_node("Transpose", [f"{p}/W_flat"], [f"{p}/W_t"], perm=[1, 0]),
+            helper.make_node("MatMul", [filter_basis, f"{p}/W_t"], [f"{p}/U_flat"]),
+            helper.make_node("Reshape", [f"{p}/U_flat", shape_const("u_shape", [ALPHA * ALPHA, k, c])], [f"{p}/U"]),
+            # V: every 6x6 tile (stride 4, zero padding 1) through the 36 input-transform filters,
+            # then tile-position-major: [N, 36, C, tiles]. (A separable 6x1 + 1x6 pair measured no faster.)
+            helper.make_node("Tile", [basis_in, shape_const("b_reps", [c, 1, 1, 1])], [f"{p}/B"]),
+            helper.make_node(
+                "Conv", [x, f"{p}/B"], [f"{p}/V_nchw"], group=c, kernel_shape=[ALPHA, ALPHA], strides=[TILE, TILE], pads=[1, 1, 1, 1]
+            ),
+            helper.make_node("Reshape", [f"{p}/V_nchw", shape_const("v_shape", [0, c, ALPHA * ALPHA, th * tw])], [f"{p}/V_c"]),
+            helper.make_node("Transpose", [f"{p}/V_c"], [f"{p}/V"], perm=[0, 2, 1, 3]),
+            # M: 36 GEMMs [K, C] x [C, tiles]. (A group-36 1x1 Conv measured slower and folds slower.)
+            helper.make_node("MatMul", [f"{p}/U", f"{p}/V"], [f"{p}/M"]),
+            # Y: the output transform as one [16, 36] GEMM; DCR DepthToSpace puts each 4x4 tile in place.
+            helper.make_node("Reshape", [f"{p}/M", shape_const("m_shape", [0, ALPHA * ALPHA, k * th * tw])], [f"{p}/M_flat"]),
+            helper.make_node("MatMul", [basis_out, f"{p}/M_flat"], [f"{p}/Y_flat"]),
+            helper.make_node("Reshape", [f"{p}/Y_flat", shape_const("y_shape", [0, TILE * TILE * k, th, tw])], [f"{p}/Y_dcr"]),
+        ]
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        y = out if bias is None else f"{p}/Y"
+        nodes.append(helper.make_node("DepthToSpace", [f"{p}/Y_dcr"], [y], blocksize=TILE, mode="DCR"))
+        if bias is not None:
+            nodes.append(helper.make_node("Reshape", [bias, shape_const("bias_shape", [1, k, 1, 1])], [f"{p}/bias"]))
+            nodes.append(helper.make_node("Add", [y, f"{p}/bias"], [out]))
+        for j, n in enumerate(nodes):
+            n.name = f"{p}/{n.op_type}_{j}"
+        new_nodes.extend(nodes)
+        report.rewritten.append(name)
+    graph.ClearField("node")
+    graph.node.extend(new_nodes)
+    logger.info(
+        "winograd: %d of %d Convs rewritten (%s kept)",
+        len(report.rewritten),
+        len(report.rewritten) + len(report.kept),
+        report.to_dict()["kept_because"] or "none",
+    )
+    return report
