@@ -39,6 +39,10 @@ def _add_build(sub) -> None:
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--revision", help="hub revision (branch, tag or commit)")
     p.add_argument("--force", action="store_true", help="rebuild even if the folder is up to date")
+    p.add_argument(
+        "--winograd", choices=("auto", "always", "never"), default="auto",
+        help="CPU graph with Winograd 3x3 convolutions: auto keeps it where it measures faster here (default)",
+    )
     t = p.add_argument_group("TensorRT (GPU)")
     t.add_argument(
         "--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto",
@@ -69,6 +73,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"), help="see `cmrt doctor`")
     p.add_argument("--precision", choices=("fp32", "fp16"))
+    p.add_argument("--no-winograd", action="store_true", help="ONNX Runtime on the CPU: run the plain graph")
     p.add_argument("--server", metavar="URL",
                    help="generate on a running `cmrt serve` (http://HOST:PORT or grpc://HOST:PORT); image i uses seed SEED+i")
 
@@ -126,6 +131,7 @@ def cmd_build(args) -> int:
         min_batch=args.min_batch,
         opt_batch=args.opt_batch,
         max_batch=args.max_batch,
+        winograd=args.winograd,
     )
     from .engine.tensorrt_build import TensorRTOptions
 
@@ -160,7 +166,8 @@ def cmd_generate(args) -> int:
     from .runtime.postprocess import make_grid
 
     t0 = time.perf_counter()
-    pipe = load(args.model, backend=args.backend, device=args.device, precision=args.precision)
+    pipe = load(args.model, backend=args.backend, device=args.device, precision=args.precision,
+                winograd=False if args.no_winograd else None)
     t_load = time.perf_counter() - t0
     labels = args.class_labels
     if labels is not None and len(labels) == 1 and args.batch > 1:
@@ -212,6 +219,12 @@ def cmd_info(args) -> int:
     for prec, e in sorted(d["onnx"].items()):
         v = e["validation"]
         print(f"onnx {prec:<10} {e['file']}  opset {e['opset']}  max abs error vs PyTorch {v['max_abs_error']:.2e}")
+        w = e.get("winograd")
+        if w:
+            rw = w["rewrite"]
+            state = f"{w['file']} ({rw['rewritten']} of {rw['rewritten'] + rw['kept']} convs)" if w["used"] else "not used"
+            err = f", max abs error vs PyTorch {w['validation']['max_abs_error']:.2e}" if "validation" in w and w["used"] else ""
+            print(f"cpu winograd    {state}: {w['reason']}{err}")
     t = d.get("tensorrt")
     if t:
         v, g, pr = t["validation"], t["gpu"], t["profile"]

@@ -23,12 +23,14 @@ def small_unet_config(conditional: bool, shift: str, sample_size: int = 16) -> d
     )
 
 
-def save_small_model(folder: Path, conditional: bool, shift: str, num_train_timesteps: int = 40, seed: int = 0) -> Path:
+def save_small_model(
+    folder: Path, conditional: bool, shift: str, num_train_timesteps: int = 40, seed: int = 0, sample_size: int = 16
+) -> Path:
     import torch
     from diffusers import CMStochasticIterativeScheduler, ConsistencyModelPipeline, UNet2DModel
 
     torch.manual_seed(seed)
-    unet = UNet2DModel(**small_unet_config(conditional, shift)).eval()
+    unet = UNet2DModel(**small_unet_config(conditional, shift, sample_size)).eval()
     # random init leaves the output convolution near zero in some diffusers versions; make outputs matter
     with torch.no_grad():
         for p in unet.conv_out.parameters():

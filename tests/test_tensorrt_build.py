@@ -286,9 +286,10 @@ def test_engine_is_added_to_the_folder_then_reused(folder, monkeypatch, tmp_path
     e = m.data["tensorrt"]
     assert e["gpu"] == {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
     assert e["tensorrt_version"] == "11.4.0.9" and e["profile"] == {"min": 1, "opt": 4, "max": 8}
-    assert e["onnx_sha256"] == before["files"]["unet.fp32.onnx"]["sha256"] and e["onnx_file"] == "unet.fp32.onnx"
+    assert e["onnx_sha256"] == tb.onnx_digest(before, "fp32") and e["onnx_file"] == "unet.fp32.onnx"
+    assert e["onnx_sha256"].startswith(before["files"]["unet.fp32.onnx"]["sha256"] + "+")  # graph + its weight file
     assert e["validation"]["tolerance"] == 1e-3 and e["options"]["optimization_level"] == 3
-    assert set(m.data["files"]) == {"unet.fp32.onnx", r.plan.name}
+    assert set(m.data["files"]) == set(before["files"]) | {r.plan.name}
     assert m.data["build_key"] == before["build_key"]  # the ONNX folder's identity is unchanged
     assert not [p for p in folder.iterdir() if p.name.endswith(".validating")]
     # second time: a cache hit, nothing built

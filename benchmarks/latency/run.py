@@ -88,6 +88,12 @@ def make_systems(folder: Path, engine: Path, args, notes: list[str]):
         except Exception as e:  # report, do not hide: compile support varies by machine
             notes.append(f"diffusers + torch.compile did not work on this machine: {type(e).__name__}: {str(e)[:200]}")
     systems.append(CmrtSystem(str(engine), backend="onnxruntime", device="cpu", name="cmrt onnxruntime cpu"))
+    wino = systems[-1].pipe.manifest.winograd
+    if wino:
+        notes.append(f"cmrt onnxruntime cpu runs the {'Winograd' if wino['used'] else 'plain'} fp32 graph: {wino['reason']} (at build)")
+    if wino and wino["used"]:  # show what the Winograd graph buys: the same backend on the plain graph
+        systems.append(CmrtSystem(str(engine), backend="onnxruntime", device="cpu", winograd=False,
+                                  name="cmrt onnxruntime cpu, plain graph"))
     for precision in ("fp32", "bf16"):
         try:
             systems.append(CmrtSystem(str(engine), backend="openvino", device="cpu", precision=precision,

@@ -24,7 +24,8 @@ from .manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, EngineFolderError, 
 logger = logging.getLogger(__name__)
 
 # Bump when the exported graph changes for the same source and options.
-EXPORT_RECIPE = 1
+EXPORT_RECIPE = 2  # 2: fp32 weights in a separate file, shared with the Winograd CPU graph
+WINOGRAD_MODES = ("auto", "always", "never")
 DEFAULT_ENGINE_ROOT = Path("engines")
 
 
@@ -35,8 +36,14 @@ class BuildOptions:
     min_batch: int = 1
     opt_batch: int = 4
     max_batch: int = 16
+    # The CPU graph with Winograd 3x3 convolutions (see export/winograd.py): "auto" keeps it only
+    # where it measures faster than the plain graph on this machine, "always" keeps it, "never"
+    # does not make it.
+    winograd: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.winograd not in WINOGRAD_MODES:
+            raise ValueError(f"winograd must be one of {WINOGRAD_MODES}, got {self.winograd!r}")
         if not self.precisions or any(p not in ("fp32", "fp16") for p in self.precisions):
             raise ValueError(f"precisions must be a non-empty subset of ('fp32', 'fp16'), got {self.precisions}")
         for name in ("opset", "min_batch", "opt_batch", "max_batch"):
@@ -162,6 +169,7 @@ def _build_onnx_folder(
 
     from ..export.loading import load_model, model_folder
     from ..export.onnx_export import export_onnx, validate_onnx
+    from .cpu_graph import add_winograd_graph
 
     options = options or BuildOptions()
     source = resolve_model(model, revision=revision)
@@ -174,6 +182,8 @@ def _build_onnx_folder(
 
     t0 = time.perf_counter()
     stages = ["load"] + [f"{s} {p}" for p in options.precisions for s in ("export", "validate")] + ["manifest"]
+    if "fp32" in options.precisions and options.winograd != "never":
+        stages.append("winograd fp32")
     with tqdm(total=len(stages), desc=f"cmrt build {source.name}", unit="stage") as bar, staging_dir(out) as stage:
         bar.set_postfix_str("load")
         loaded = load_model(source)
@@ -181,14 +191,23 @@ def _build_onnx_folder(
         bar.update()
         onnx_entries: dict[str, Any] = {}
         files: list[str] = []
+        cpu_variant = "fp32" in options.precisions and options.winograd != "never"
         for precision in options.precisions:
             bar.set_postfix_str(f"export {precision}")
-            entry = export_onnx(unet, stage / f"unet.{precision}.onnx", precision, opset=options.opset)
+            entry = export_onnx(
+                unet, stage / f"unet.{precision}.onnx", precision, opset=options.opset,
+                separate_weights=cpu_variant and precision == "fp32",
+            )
             bar.update()
             bar.set_postfix_str(f"validate {precision}")
             entry["validation"] = validate_onnx(unet, stage / entry["file"], precision)
             bar.update()
             files += entry.pop("files")
+            if cpu_variant and precision == "fp32":
+                bar.set_postfix_str("winograd fp32")
+                entry["winograd"] = add_winograd_graph(stage, entry, unet, options.winograd)
+                files += [entry["winograd"]["file"]] if entry["winograd"]["used"] else []
+                bar.update()
             onnx_entries[precision] = entry
         cfg = unet.config
         manifest = {

@@ -98,6 +98,31 @@ class Manifest:
             )
         return self.folder / self.data["onnx"][precision]["file"]
 
+    @property
+    def winograd(self) -> dict[str, Any] | None:
+        """The fp32 entry's Winograd CPU-graph record (see engine/cpu_graph.py), or None."""
+        return self.data["onnx"].get("fp32", {}).get("winograd")
+
+    def cpu_onnx_path(self, precision: str, winograd: bool | None = None) -> Path:
+        """The graph ONNX Runtime runs on the CPU: the Winograd one where the build kept it.
+
+        `winograd`: None follows the build's choice, False forces the plain graph, True asks
+        for the Winograd one and fails when the folder has none.
+        """
+        if winograd not in (None, True, False):
+            raise TypeError(f"winograd must be None, True or False, got {winograd!r}")
+        rec = self.winograd if precision == "fp32" else None
+        kept = bool(rec and rec.get("used"))
+        if winograd is True and not kept:
+            why = rec["reason"] if rec else "it was built without one (or with --winograd never)"
+            raise EngineFolderError(
+                f"engine folder {self.folder} has no Winograd {precision} graph: {why}; "
+                "rebuild with `cmrt build ... --winograd always`, or load with winograd=None"
+            )
+        if kept and winograd is not False:
+            return self.folder / rec["file"]
+        return self.onnx_path(precision)
+
     def io_spec(self, precision: str) -> dict[str, Any]:
         entry = self.data["onnx"][precision]
         return {"inputs": entry["inputs"], "outputs": entry["outputs"]}

@@ -8,6 +8,7 @@ own sinusoidal embedding sees it.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import time
 import warnings
@@ -105,8 +106,9 @@ def weight_bytes(unet, precision: str) -> int:
     return sum(p.numel() for p in unet.parameters()) * per
 
 
-def export_onnx(unet, out_file: Path, precision: str, opset: int = 17) -> dict[str, Any]:
-    """Export to `out_file` (plus `out_file.data` when the weights are too big for one protobuf)."""
+def export_onnx(unet, out_file: Path, precision: str, opset: int = 17, separate_weights: bool = False) -> dict[str, Any]:
+    """Export to `out_file`, plus `out_file.data` when the weights are too big for one protobuf
+    or `separate_weights` asks for it (other graphs in the folder then share that one copy)."""
     import onnx
     import torch
 
@@ -118,7 +120,7 @@ def export_onnx(unet, out_file: Path, precision: str, opset: int = 17) -> dict[s
     names = list(feeds)
     dynamic = {n: {0: "batch"} for n in names + [OUTPUT]}
     out_file = Path(out_file)
-    external = weight_bytes(unet, precision) > EXTERNAL_DATA_THRESHOLD
+    external = separate_weights or weight_bytes(unet, precision) > EXTERNAL_DATA_THRESHOLD
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cmrt-export-", dir=out_file.parent) as tmp:
         raw = Path(tmp) / "raw.onnx"
@@ -147,6 +149,8 @@ def export_onnx(unet, out_file: Path, precision: str, opset: int = 17) -> dict[s
             size_threshold=1024,
         )
         del model
+    if external:
+        os.chmod(out_file.parent / data_name, 0o644)  # onnx writes it private; it should read like the graph file
     onnx.checker.check_model(str(out_file))
     files = [out_file.name] + ([data_name] if external else [])
     logger.info("exported %s UNet to %s in %.1f s", precision, out_file, time.perf_counter() - t0)

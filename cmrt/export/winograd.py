@@ -70,7 +70,6 @@ A_T = np.array(
     dtype=np.float64,
 )
 DEFAULT_MIN_SPATIAL = 16
-EXPERIMENT: dict = {}
 
 
 def input_basis() -> np.ndarray:
@@ -163,18 +162,19 @@ def _why_not(node, weight, shape, min_spatial: int) -> str | None:
     return None
 
 
-def rewrite_winograd(model, min_spatial: int = DEFAULT_MIN_SPATIAL):
+def rewrite_winograd(model, min_spatial: int = DEFAULT_MIN_SPATIAL, input_shapes: dict[str, tuple] | None = None):
     """Replace eligible Convs in `model` (an onnx ModelProto, changed in place) and report which.
 
-    The model may be loaded without its external data: only node wiring and small new
-    initializers change, existing initializers are referenced, never read.
+    Only node wiring and small new initializers change; existing initializers are referenced,
+    never read. So `model` may be loaded without its external data when `input_shapes`
+    (from `conv_input_shapes` on the loaded model, which does read small constants) is given.
     """
     from onnx import helper, numpy_helper
 
     if not isinstance(min_spatial, int) or min_spatial < TILE:
         raise ValueError(f"min_spatial must be an integer >= {TILE}, got {min_spatial!r}")
     graph = model.graph
-    shapes = conv_input_shapes(model)
+    shapes = conv_input_shapes(model) if input_shapes is None else input_shapes
     inits = {t.name: t for t in graph.initializer}
     report = RewriteReport()
     shared: dict[str, str] = {}

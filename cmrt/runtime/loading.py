@@ -68,6 +68,7 @@ def load(
     threads: int | None = None,
     verify: bool = True,
     use_cuda_graph: bool = True,
+    winograd: bool | None = None,
 ) -> Pipeline:
     """Open an engine folder (checksums verified) and return a ready Pipeline.
 
@@ -75,6 +76,8 @@ def load(
     is current or can be built from its ONNX; else ONNX Runtime on CUDA, else on the CPU),
     "onnxruntime" or "tensorrt" (an error where it cannot run). `cmrt doctor` shows what
     "auto" picks on this machine and why. `use_cuda_graph` applies to the GPU backends.
+    `winograd` applies to ONNX Runtime on the CPU: None runs the Winograd graph where the
+    build measured it faster, False the plain graph, True the Winograd graph or an error.
 
     `model_or_engine_dir` is an engine folder written by `cmrt build`, or a model name / hub
     id / diffusers folder, whose default engine folder (`$CMRT_ENGINE_DIR`, default
@@ -88,7 +91,7 @@ def load(
     manifest = read_manifest(folder, verify=verify)
     if backend == "openvino":
         return Pipeline(manifest, _open_openvino(manifest, device, precision, threads))
-    manifest, engine = open_backend(manifest, backend, device, precision, threads, use_cuda_graph)
+    manifest, engine = open_backend(manifest, backend, device, precision, threads, use_cuda_graph, winograd)
     return Pipeline(manifest, engine)
 
 
@@ -99,6 +102,7 @@ def open_backend(
     precision: str | None = None,
     threads: int | None = None,
     use_cuda_graph: bool = True,
+    winograd: bool | None = None,
 ):
     """Select (see `backends.selection`) and construct the backend; returns (manifest, backend).
 
@@ -135,7 +139,7 @@ def open_backend(
             manifest.onnx_path(prec), use_cuda_graph=use_cuda_graph, min_batch=manifest.min_batch, max_batch=manifest.max_batch
         )
     else:
-        engine = OnnxRuntimeBackend(manifest.onnx_path(prec), device="cpu", threads=threads)
+        engine = OnnxRuntimeBackend(manifest.cpu_onnx_path(prec, winograd), device="cpu", threads=threads)
     return manifest, engine
 
 
