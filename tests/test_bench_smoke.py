@@ -27,6 +27,8 @@ def test_bench_harness_smoke(small_models, tmp_path):
         assert set(run["latency"]) >= {"median_s", "p90_s", "p99_s"}
         assert run["images_per_s"] > 0 and run["achieved_flops_per_s"] > 0
         assert 0 <= run["outside_unet_share"] < 1
+        assert 0 <= run["outside_unet_share_per_step"] <= run["outside_unet_share"] + 0.05  # the loop is part of the call
+        assert len(run["loop_s"]) == len(run["unet_s"]) == run["latency"]["n"]
     for c in r["cold_start"].values():
         assert set(c) >= {"import_s", "load_s", "first_call_s", "peak_rss_bytes"}, c
     assert r["same_output_max_abs_diff"] <= 1e-4  # same seed, same images as diffusers

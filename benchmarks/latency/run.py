@@ -137,26 +137,30 @@ def measure(systems, args, bar) -> list[dict]:
         for steps in args.steps:
             lat = {s.name: [] for s in systems}
             unet = {s.name: [] for s in systems}
+            loop = {s.name: [] for s in systems}
             for s in systems:
                 for _ in range(args.warmup):
                     s(batch, steps, 0)
                     bar.update()
             for i in range(args.runs):
                 for s in systems:  # interleaved: noise lands on every system alike
-                    before = s.clock.seconds
+                    before, loop_before = s.clock.seconds, s.clock.loop_seconds
                     t0 = time.perf_counter()
                     s(batch, steps, 1 + i)
                     dt = time.perf_counter() - t0
                     lat[s.name].append(dt)
                     unet[s.name].append(s.clock.seconds - before)
+                    loop[s.name].append(s.clock.loop_seconds - loop_before)
                     bar.update()
             for s in systems:
                 shares = [1 - u / t for u, t in zip(unet[s.name], lat[s.name])]
+                step_shares = [1 - u / t if t > 0 else float("nan") for u, t in zip(unet[s.name], loop[s.name])]
                 runs.append({
                     "system": s.name, "kind": s.kind, "batch": batch, "steps": steps,
                     "latency": report.summarize(lat[s.name]), "samples_s": lat[s.name],
-                    "unet_s": unet[s.name],
+                    "unet_s": unet[s.name], "loop_s": loop[s.name],
                     "outside_unet_share": float(np.median(shares)) if np.isfinite(shares).all() else None,
+                    "outside_unet_share_per_step": float(np.median(step_shares)) if np.isfinite(step_shares).all() else None,
                 })
     return runs
 

@@ -1,6 +1,11 @@
 """The systems under comparison, each a callable `(batch, steps, seed) -> images` that also
-accounts the seconds spent inside the UNet, so the time outside it (scheduler, copies,
-Python) can be reported per step."""
+accounts the seconds spent inside the UNet and inside the denoising loop, so the time outside
+the UNet (scheduler, copies, Python) can be reported per step and per call.
+
+The loop is marked the same way in both pipelines: it starts when the schedule is ready
+(diffusers' `scheduler.set_timesteps`, cmrt's `step_plan`) and ends where the image
+post-processing starts (`postprocess_image` in both). Per call adds input checks, the
+initial noise and labels, and post-processing."""
 from __future__ import annotations
 
 import time
@@ -14,6 +19,27 @@ class UNetClock:
     seconds: float = 0.0
     calls: int = 0
     sync: object = None  # a callable that waits for the device, where there is one
+    loop_seconds: float = 0.0
+    _loop_start: float | None = None
+
+    def loop_starts_after(self, fn):
+        def marked(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            self._loop_start = time.perf_counter()
+            return out
+
+        return marked
+
+    def loop_ends_before(self, fn):
+        def marked(*args, **kwargs):
+            if self._loop_start is not None:
+                if self.sync:
+                    self.sync()
+                self.loop_seconds += time.perf_counter() - self._loop_start
+                self._loop_start = None
+            return fn(*args, **kwargs)
+
+        return marked
 
     def wrap(self, fn):
         def timed(*args, **kwargs):
@@ -71,6 +97,8 @@ class DiffusersSystem(System):
             self.clock.seconds = float("nan")  # hooks inside a compiled graph would change what is measured
         else:
             unet.forward = self.clock.wrap(unet.forward)
+        self.pipe.scheduler.set_timesteps = self.clock.loop_starts_after(self.pipe.scheduler.set_timesteps)
+        self.pipe.postprocess_image = self.clock.loop_ends_before(self.pipe.postprocess_image)
 
     def __call__(self, batch, steps, seed, same_noise_as_diffusers=False):
         with self.torch.inference_mode():
@@ -96,6 +124,8 @@ class CmrtSystem(System):
         super().__init__(name=name or f"cmrt {b.name} {b.device}", kind="cmrt")
         self.num_classes = self.pipe.num_classes
         b.run = self.clock.wrap(b.run)
+        self.pipe.step_plan = self.clock.loop_starts_after(self.pipe.step_plan)
+        self.pipe.postprocess_image = self.clock.loop_ends_before(self.pipe.postprocess_image)
 
     def __call__(self, batch, steps, seed, same_noise_as_diffusers=False):
         # Timed runs use the production default (numpy noise); the same-output check uses

@@ -25,6 +25,10 @@ class NumpyNoise:
     def normal(self, shape: tuple[int, ...]) -> np.ndarray:
         return self.gen.standard_normal(shape, dtype=np.float32)
 
+    def normal_into(self, out: np.ndarray) -> np.ndarray:
+        """The same draw as `normal(out.shape)`, written into `out` (the sampling loop allocates nothing)."""
+        return self.gen.standard_normal(dtype=np.float32, out=out)
+
     def labels(self, num_classes: int, n: int) -> np.ndarray:
         return self.gen.integers(0, num_classes, size=n).astype(np.int64)
 
@@ -41,6 +45,10 @@ class TorchNoise:
 
     def normal(self, shape: tuple[int, ...]) -> np.ndarray:
         return self.gen.randn(*shape, dtype=np.float32)
+
+    def normal_into(self, out: np.ndarray) -> np.ndarray:
+        out[...] = self.normal(out.shape)
+        return out
 
     def labels(self, num_classes: int, n: int) -> np.ndarray:
         return self.gen.randint(0, num_classes, size=(n,)).astype(np.int64)
@@ -64,6 +72,13 @@ class PerSampleNoise:
         if shape[0] != len(self.sources):
             raise ValueError(f"{len(self.sources)} seeds or generators for a batch of {shape[0]}")
         return np.concatenate([s.normal((1, *shape[1:])) for s in self.sources])
+
+    def normal_into(self, out: np.ndarray) -> np.ndarray:
+        if out.shape[0] != len(self.sources):
+            raise ValueError(f"{len(self.sources)} seeds or generators for a batch of {out.shape[0]}")
+        for i, s in enumerate(self.sources):
+            s.normal_into(out[i : i + 1])
+        return out
 
     def labels(self, num_classes: int, n: int) -> np.ndarray:
         return np.concatenate([s.labels(num_classes, 1) for s in self.sources])

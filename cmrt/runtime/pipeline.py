@@ -154,10 +154,16 @@ class Pipeline(EditingMixin):
             labels = arr.astype(np.int64)
         if labels.shape[0] != batch_size:
             raise ValueError(f"class_labels has {labels.shape[0]} labels for batch_size {batch_size}")
-        bad = labels[(labels < 0) | (labels >= n)]
-        if bad.size:
+        if labels.min() < 0 or labels.max() >= n:
+            bad = labels[(labels < 0) | (labels >= n)]
             raise ValueError(f"class_labels {bad.tolist()} are out of range: this model has classes 0..{n - 1}")
         return labels
+
+    # --- step 5: output ----------------------------------------------------------------------
+    def postprocess_image(self, sample: np.ndarray, output_type: str, scratch: bool = False):
+        """Model space [-1, 1] to images; a method (as in diffusers) so a profiler can mark where the loop ends.
+        `scratch`: `sample` may be overwritten (the pipeline's own buffer)."""
+        return postprocess(sample, output_type, scratch=scratch)
 
     # --- the call ---------------------------------------------------------------------------
     def __call__(
@@ -212,26 +218,39 @@ class Pipeline(EditingMixin):
         if self.num_classes is not None and labels is None:
             labels = source.labels(self.num_classes, batch_size)
 
-        # 4. Denoising loop
+        # 4. Denoising loop. Buffers are made here, once per call, so the loop allocates nothing;
+        # `sample` is ours (never the caller's latents). Work that does not need the UNet's
+        # output is done before the call (see scheduler.before_unet for why).
         plan = self.step_plan(schedule)
         n = len(plan)
+        scaled = np.empty_like(sample)
+        t = np.empty((batch_size,), dtype=np.float32)
+        spare = np.empty_like(sample)
+        # Every step's renoising term, drawn now in the order diffusers draws (after latents and
+        # labels, one per step) while the caches are warm. One-step sampling draws none.
+        terms = np.empty((n, *sample.shape), dtype=np.float32) if n > 1 else None
+        for i in range(n if n > 1 else 0):
+            if noise is not None:
+                np.copyto(terms[i], noise[i])  # the caller's arrays are never written
+            else:
+                source.normal_into(terms[i])
+            cm.scale_noise(terms[i], plan[i], cfg)
         for i, k in enumerate(plan):
-            t = np.full((batch_size,), k.t, dtype=np.float32)
-            model_output = self.backend.run(sample / k.divisor, t, labels)
-            # reuse the backend's output buffer when it is ours to overwrite
+            t.fill(k.t)
+            skip = cm.before_unet(sample, k, scaled)
+            model_output = self.backend.run(scaled, t, labels)
+            # write into the backend's output when it is a fresh array of ours, else into the spare buffer
             owned = model_output.flags.writeable and model_output.flags.owndata and model_output.dtype == np.float32
-            sample_next = cm.denoise_with(model_output, sample, k, cfg, inplace=owned)
-            if n > 1:  # one-step sampling draws no noise (diffusers uses zeros)
-                step_noise = noise[i] if noise is not None else source.normal(sample.shape)
-                sample_next = cm.renoise(sample_next, step_noise, k, cfg)
-            sample = sample_next
+            denoised = cm.after_unet(model_output, skip, k, cfg, out=model_output if owned else spare,
+                                     noise_term=None if terms is None else terms[i])
+            spare, sample = skip, denoised
             if callback is not None and i % callback_steps == 0:
-                callback(i, float(schedule.timesteps[i]), sample)
+                callback(i, float(schedule.timesteps[i]), sample.copy())  # a copy: the loop reuses its buffers
 
         source.finish()
 
         # 5. Postprocess
-        images = postprocess(sample, output_type)
+        images = self.postprocess_image(sample, output_type, scratch=True)
         if not return_dict:
             return (images,)
         return PipelineOutput(images=images)

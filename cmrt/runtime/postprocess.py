@@ -6,9 +6,14 @@ import numpy as np
 OUTPUT_TYPES = ("pil", "np")
 
 
-def to_unit_range(sample: np.ndarray) -> np.ndarray:
-    """[B, C, H, W] in [-1, 1] -> float32 [B, H, W, C] in [0, 1]."""
-    x = np.clip(sample / np.float32(2) + np.float32(0.5), 0.0, 1.0)
+def to_unit_range(sample: np.ndarray, scratch: bool = False) -> np.ndarray:
+    """[B, C, H, W] in [-1, 1] -> float32 [B, H, W, C] in [0, 1]; `scratch` computes in `sample`'s memory."""
+    if scratch and sample.dtype == np.float32 and sample.flags.writeable:
+        x = np.divide(sample, np.float32(2), out=sample)
+        x += np.float32(0.5)
+        np.clip(x, 0.0, 1.0, out=x)
+    else:
+        x = np.clip(sample / np.float32(2) + np.float32(0.5), 0.0, 1.0)
     return np.ascontiguousarray(x.transpose(0, 2, 3, 1), dtype=np.float32)
 
 
@@ -21,8 +26,8 @@ def to_pil(images: np.ndarray) -> list:
     return [Image.fromarray(im) for im in u8]
 
 
-def postprocess(sample: np.ndarray, output_type: str):
-    images = to_unit_range(sample)
+def postprocess(sample: np.ndarray, output_type: str, scratch: bool = False):
+    images = to_unit_range(sample, scratch=scratch)
     if output_type == "np":
         return images
     return to_pil(images)
