@@ -4,7 +4,10 @@ Run: .venv/bin/python -m benchmarks.host_overhead [ENGINE_DIR] (default engines/
 1. cmrt's own per-call code, with the UNet replaced by a stand-in that returns at once;
 2. time outside the UNet next to the real ONNX Runtime call (what `cmrt bench` reports);
 3. the first numpy operation right after `session.run` against the same operation again,
-   with 2 and 1 intra-op threads.
+   with 2 and 1 intra-op threads;
+4. the loop's post-UNet work (`scheduler.after_unet`, three in-place numpy operations) after
+   nothing, after summing a 64 MB array, and after the real UNet: whatever evicts the caches
+   makes the same operations 10x slower, which is the floor of any host code between UNet calls.
 """
 from __future__ import annotations
 
@@ -14,9 +17,10 @@ import time
 import numpy as np
 
 
-def per_call(pipe, steps: int, n: int) -> float:
+def per_call(pipe, steps: int, n: int, on_start=lambda: None) -> float:
     for i in range(20):
         pipe(num_inference_steps=steps, seed=i, output_type="np")
+    on_start()  # after the warm-up calls, so that they are not counted
     t0 = time.perf_counter()
     for i in range(n):
         pipe(num_inference_steps=steps, seed=i, output_type="np")
@@ -45,9 +49,7 @@ def main() -> None:
 
     pipe.backend.run = timed
     for steps in (1, 2):
-        per_call(pipe, steps, 1)
-        spent[0] = 0.0
-        total = per_call(pipe, steps, 300) * 300
+        total = per_call(pipe, steps, 300, on_start=lambda: spent.__setitem__(0, 0.0)) * 300
         outside = total - spent[0]
         print(f"{steps} step(s), real UNet: {total / 300 * 1e3:.2f} ms per call, outside the UNet "
               f"{outside / 300 * 1e6:.0f} us ({100 * outside / total:.1f}%)")
@@ -79,6 +81,18 @@ def main() -> None:
         run, first, again = acc / 500 * 1e6
         print(f"{threads} thread(s): UNet {run / 1e3:.2f} ms; first numpy op after it {first:.0f} us, "
               f"the same op again {again:.1f} us")
+
+    sweep = np.ones(64 << 18, dtype=np.float32)  # 64 MB
+    skip, out = np.ones_like(x), np.empty_like(x)
+    unet = lambda: real(x, feeds["timestep"], feeds.get("class_labels"))  # noqa: E731
+    for what, before in (("nothing", lambda: None), ("a 64 MB sum", sweep.sum), ("the real UNet", unet)):
+        acc = []
+        for i in range(320):
+            before()
+            t1 = time.perf_counter()
+            cm.after_unet(x, skip, k, cfg, out=out)
+            acc.append(time.perf_counter() - t1)
+        print(f"post-UNet step work (3 in-place ops) after {what}: {np.median(acc[20:]) * 1e6:.1f} us")
 
 
 if __name__ == "__main__":

@@ -77,6 +77,22 @@ def test_callback_sees_every_step(pipes):
     assert seen[0][1] > seen[1][1] > seen[2][1]
 
 
+def test_callers_arrays_are_never_written_and_callback_samples_stay_valid(pipes):
+    """The loop reuses its own buffers in place; what the caller passed or was handed must not change."""
+    pipe = pipes["uncond"]
+    rng = np.random.default_rng(3)
+    latents = rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
+    noise = [rng.standard_normal((2, 3, 16, 16)).astype(np.float32) for _ in range(3)]
+    kept = [latents.copy()] + [z.copy() for z in noise]
+    seen = []
+    pipe(batch_size=2, num_inference_steps=3, latents=latents, noise=noise, output_type="np",
+         callback=lambda i, t, x: seen.append((x, x.copy())))
+    for given, before in zip([latents] + noise, kept):
+        np.testing.assert_array_equal(given, before)
+    assert len(seen) == 3 and all(np.array_equal(x, snapshot) for x, snapshot in seen)
+    assert not np.array_equal(seen[0][0], seen[1][0])
+
+
 def test_generate_one_call(small_models):
     out = cmrt.generate(small_models["uncond"][1], batch_size=2, seed=1, output_type="np")
     assert out.images.shape == (2, 16, 16, 3)
