@@ -66,7 +66,8 @@ def markdown(result: dict, plot_name: str | None) -> str:
               f"{result['model']['unet_gflops_batch1']:.2f} GFLOP per call at batch 1 (counted by torch's FlopCounterMode)")
     md.append(f"- machine GEMM rate: {result['gemm']['flops_per_s'] / 1e9:.1f} GFLOP/s ({result['gemm']['how']})")
     md.append(f"- warm latency: {result['settings']['warmup']} warm-up call(s), then {result['settings']['runs']} timed "
-              "calls per setting, systems interleaved call by call; figures are medians (p90/p99 for spread)")
+              "calls per setting, systems interleaved call by call with an untimed "
+              f"{result['settings'].get('settle_ms', 0):g} ms pause before each; figures are medians (p90/p99 for spread)")
     md.append(f"- same output: max abs difference between cmrt fp32 (`rng=\"torch\"`) and diffusers images for the "
               f"same seed: {result['same_output_max_abs_diff']:.2e}; timed cmrt calls use its default numpy noise")
     per = result.get("same_output_per_system") or {}

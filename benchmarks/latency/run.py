@@ -33,6 +33,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, nargs="+", default=[1, 2])
     p.add_argument("--runs", type=int, default=None, help="timed calls per system and setting (default 20, 5 for --arch)")
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--settle-ms", type=float, default=20.0,
+                   help="idle pause before each timed call (untimed), so the previous system's spinning worker "
+                        "threads (torch's OpenMP, ONNX Runtime's pool) have stopped before the next one runs")
     p.add_argument("--no-compile", action="store_true", help="skip diffusers + torch.compile")
     p.add_argument("--no-cold-start", action="store_true", help="skip the new-process measurements")
     p.add_argument("--cold-start-only", action="store_true",
@@ -144,6 +147,7 @@ def measure(systems, args, bar) -> list[dict]:
                     bar.update()
             for i in range(args.runs):
                 for s in systems:  # interleaved: noise lands on every system alike
+                    time.sleep(args.settle_ms / 1e3)
                     before, loop_before = s.clock.seconds, s.clock.loop_seconds
                     t0 = time.perf_counter()
                     s(batch, steps, 1 + i)
@@ -247,7 +251,7 @@ def main(argv=None) -> int:
         "created_unix": int(time.time()),
         "model": {"name": name, "folder": str(folder), "engine": str(engine),
                   "parameters": manifest.data["unet"]["parameters"], "unet_gflops_batch1": flops1 / 1e9},
-        "settings": {"batch": args.batch, "steps": args.steps, "runs": args.runs, "warmup": args.warmup},
+        "settings": {"batch": args.batch, "steps": args.steps, "runs": args.runs, "warmup": args.warmup, "settle_ms": args.settle_ms},
         "machine": desc, "gemm": gemm, "runs": runs, "cold_start": cold, "import_load_speedup": ratio,
         "same_output_max_abs_diff": max(cmrt_diffs) if cmrt_diffs else float("nan"),
         "same_output_per_system": diffs, "notes": notes,
