@@ -79,6 +79,7 @@ def test_rewrite_matches_direct_convolution_at_any_batch():
     rewritten.CopyFrom(model)
     report = wg.rewrite_winograd(rewritten)
     assert report.rewritten == ["conv0", "conv1"] and not report.kept
+    assert report.added_filter_bytes == (36 - 9) * 4 * (24 * 8 + 16 * 24)
     assert not any(n.op_type == "Conv" and n.name in ("conv0", "conv1") for n in rewritten.graph.node)
     onnx.checker.check_model(rewritten)
     for batch in (1, 3):

@@ -107,12 +107,20 @@ def winograd_conv_reference(x: np.ndarray, w: np.ndarray, b: np.ndarray | None =
 class RewriteReport:
     rewritten: list[str] = field(default_factory=list)
     kept: dict[str, str] = field(default_factory=dict)  # conv name -> why it stayed a direct Conv
+    # fp32 bytes the transformed filters add in memory once folded (36 values per 3x3 filter, not 9)
+    added_filter_bytes: int = 0
 
     def to_dict(self) -> dict:
         reasons: dict[str, int] = {}
         for why in self.kept.values():
             reasons[why] = reasons.get(why, 0) + 1
-        return {"algorithm": "winograd F(4x4,3x3)", "rewritten": len(self.rewritten), "kept": len(self.kept), "kept_because": reasons}
+        return {
+            "algorithm": "winograd F(4x4,3x3)",
+            "rewritten": len(self.rewritten),
+            "kept": len(self.kept),
+            "kept_because": reasons,
+            "added_filter_bytes": self.added_filter_bytes,
+        }
 
 
 def _attrs(node) -> dict:
@@ -243,6 +251,7 @@ def rewrite_winograd(model, min_spatial: int = DEFAULT_MIN_SPATIAL, input_shapes
             n.name = f"{p}/{n.op_type}_{j}"
         new_nodes.extend(nodes)
         report.rewritten.append(name)
+        report.added_filter_bytes += (ALPHA * ALPHA - KERNEL * KERNEL) * k * c * 4
     graph.ClearField("node")
     graph.node.extend(new_nodes)
     logger.info(
