@@ -93,6 +93,17 @@ def test_callers_arrays_are_never_written_and_callback_samples_stay_valid(pipes)
     assert not np.array_equal(seen[0][0], seen[1][0])
 
 
+def test_seeded_noise_is_drawn_in_diffusers_order(pipes):
+    """seed=S equals passing the draws yourself: latents first, then one noise tensor per step."""
+    pipe = pipes["uncond"]
+    gen = np.random.default_rng(21)
+    latents = gen.standard_normal((2, 3, 16, 16), dtype=np.float32)
+    noise = [gen.standard_normal((2, 3, 16, 16), dtype=np.float32) for _ in range(3)]
+    a = pipe(batch_size=2, num_inference_steps=3, seed=21, output_type="np").images
+    b = pipe(batch_size=2, num_inference_steps=3, latents=latents, noise=noise, output_type="np").images
+    np.testing.assert_array_equal(a, b)
+
+
 def test_generate_one_call(small_models):
     out = cmrt.generate(small_models["uncond"][1], batch_size=2, seed=1, output_type="np")
     assert out.images.shape == (2, 16, 16, 3)

@@ -17,7 +17,7 @@ import numpy as np
 from ..engine.manifest import Manifest
 from . import scheduler as cm
 from .editing import EditingMixin
-from .noise import make_noise_source
+from .noise import NumpyNoise, make_noise_source
 from .postprocess import OUTPUT_TYPES, postprocess
 
 logger = logging.getLogger(__name__)
@@ -159,6 +159,22 @@ class Pipeline(EditingMixin):
             raise ValueError(f"class_labels {bad.tolist()} are out of range: this model has classes 0..{n - 1}")
         return labels
 
+    def renoising_terms(self, plan, shape, noise, source) -> np.ndarray:
+        """[steps, *shape]: each step's (z * s_noise) * coef, z from `noise` or drawn from `source` in order."""
+        terms = np.empty((len(plan), *shape), dtype=np.float32)
+        if noise is not None:
+            for i, z in enumerate(noise):
+                np.copyto(terms[i], z)  # the caller's arrays are never written
+        elif isinstance(source, NumpyNoise):
+            source.normal_into(terms)  # one draw: numpy fills in order, so this equals one draw per step
+        else:
+            for i in range(len(plan)):
+                source.normal_into(terms[i])
+        np.multiply(terms, np.float32(self.scheduler_config.s_noise), out=terms)
+        for i, k in enumerate(plan):
+            terms[i] *= k.noise_coef
+        return terms
+
     # --- step 5: output ----------------------------------------------------------------------
     def postprocess_image(self, sample: np.ndarray, output_type: str, scratch: bool = False):
         """Model space [-1, 1] to images; a method (as in diffusers) so a profiler can mark where the loop ends.
@@ -224,21 +240,14 @@ class Pipeline(EditingMixin):
         plan = self.step_plan(schedule)
         n = len(plan)
         scaled = np.empty_like(sample)
-        t = np.empty((batch_size,), dtype=np.float32)
         spare = np.empty_like(sample)
+        ts = [np.full((batch_size,), k.t, dtype=np.float32) for k in plan]
         # Every step's renoising term, drawn now in the order diffusers draws (after latents and
         # labels, one per step) while the caches are warm. One-step sampling draws none.
-        terms = np.empty((n, *sample.shape), dtype=np.float32) if n > 1 else None
-        for i in range(n if n > 1 else 0):
-            if noise is not None:
-                np.copyto(terms[i], noise[i])  # the caller's arrays are never written
-            else:
-                source.normal_into(terms[i])
-            cm.scale_noise(terms[i], plan[i], cfg)
+        terms = self.renoising_terms(plan, sample.shape, noise, source) if n > 1 else None
         for i, k in enumerate(plan):
-            t.fill(k.t)
             skip = cm.before_unet(sample, k, scaled)
-            model_output = self.backend.run(scaled, t, labels)
+            model_output = self.backend.run(scaled, ts[i], labels)
             # write into the backend's output when it is a fresh array of ours, else into the spare buffer
             owned = model_output.flags.writeable and model_output.flags.owndata and model_output.dtype == np.float32
             denoised = cm.after_unet(model_output, skip, k, cfg, out=model_output if owned else spare,
