@@ -29,6 +29,9 @@ def test_bench_harness_smoke(small_models, tmp_path):
         assert 0 <= run["outside_unet_share"] < 1
         assert 0 <= run["outside_unet_share_per_step"] <= run["outside_unet_share"] + 0.05  # the loop is part of the call
         assert len(run["loop_s"]) == len(run["unet_s"]) == run["latency"]["n"]
+        b2b = run["back_to_back"]
+        assert b2b["n"] == 2 == len(b2b["samples_s"]) == len(b2b["loop_s"])
+        assert 0 <= b2b["outside_unet_share_per_step"] <= b2b["outside_unet_share"] + 0.05
     for c in r["cold_start"].values():
         assert set(c) >= {"import_s", "load_s", "first_call_s", "peak_rss_bytes"}, c
     assert r["same_output_max_abs_diff"] <= 1e-4  # same seed, same images as diffusers

@@ -38,6 +38,8 @@ def fmt_row(r: dict) -> list[str]:
         r["system"], str(r["batch"]), str(r["steps"]),
         f"{lat['median_s'] * 1e3:.1f}", f"{lat['p90_s'] * 1e3:.1f}", f"{lat['p99_s'] * 1e3:.1f}",
         f"{r['images_per_s']:.2f}", pct(r.get("outside_unet_share_per_step")), pct(r["outside_unet_share"]),
+        pct((r.get("back_to_back") or {}).get("outside_unet_share_per_step")),
+        pct((r.get("back_to_back") or {}).get("outside_unet_share")),
         "n/a" if r["achieved_flops_per_s"] is None else f"{r['achieved_flops_per_s'] / 1e9:.1f}",
         pct(r["fraction_of_gemm_peak"]),
         "-" if r["speedup"] is None else f"{r['speedup']:.2f}x",
@@ -45,6 +47,7 @@ def fmt_row(r: dict) -> list[str]:
 
 
 HEADER = ["system", "batch", "steps", "median ms", "p90 ms", "p99 ms", "img/s", "outside UNet per step", "per call",
+          "back-to-back per step", "b2b per call",
           "GFLOP/s", "of GEMM peak", "vs diffusers"]
 
 
@@ -67,7 +70,7 @@ def markdown(result: dict, plot_name: str | None) -> str:
     md.append(f"- machine GEMM rate: {result['gemm']['flops_per_s'] / 1e9:.1f} GFLOP/s ({result['gemm']['how']})")
     md.append(f"- warm latency: {result['settings']['warmup']} warm-up call(s), then {result['settings']['runs']} timed "
               "calls per setting, systems interleaved call by call with an untimed "
-              f"{result['settings'].get('settle_ms', 0):g} ms pause before each; figures are medians (p90/p99 for spread)")
+              f"{result['settings'].get('settle_ms', 0):g} ms busy pause before each; figures are medians (p90/p99 for spread)")
     md.append(f"- same output: max abs difference between cmrt fp32 (`rng=\"torch\"`) and diffusers images for the "
               f"same seed: {result['same_output_max_abs_diff']:.2e}; timed cmrt calls use its default numpy noise")
     per = result.get("same_output_per_system") or {}
@@ -76,7 +79,10 @@ def markdown(result: dict, plot_name: str | None) -> str:
                   + "; ".join(f"{k}: {v:.2e}" for k, v in per.items()))
     md.append("- outside UNet: the share of time not spent in the UNet call, per step (within the denoising loop: "
               "input scaling, scheduler step, noise, copies, Python) and per call (adding input checks, initial noise "
-              "and labels, post-processing)")
+              "and labels, post-processing); first in the interleaved timed calls, where every call starts with "
+              "caches the other systems filled, then over "
+              f"{result['settings'].get('steady_runs', 0)} back-to-back calls per system (a server running one model; "
+              "n/a where not measured)")
     md.append("- GFLOP/s and its share of the GEMM rate count the UNet's direct-convolution FLOPs; a graph that computes "
               "convolutions with fewer multiplications (cmrt's Winograd CPU graph) shows an effective rate above 100%")
     md += ["", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]

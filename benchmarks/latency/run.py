@@ -33,8 +33,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, nargs="+", default=[1, 2])
     p.add_argument("--runs", type=int, default=None, help="timed calls per system and setting (default 20, 5 for --arch)")
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--steady-runs", type=int, default=None,
+                   help="back-to-back calls per system and setting for the steady-state outside-UNet share "
+                        "(default: as many as --runs; 0 skips)")
     p.add_argument("--settle-ms", type=float, default=20.0,
-                   help="idle pause before each timed call (untimed), so the previous system's spinning worker "
+                   help="untimed busy pause before each timed call, so the previous system's spinning worker "
                         "threads (torch's OpenMP, ONNX Runtime's pool) have stopped before the next one runs")
     p.add_argument("--no-compile", action="store_true", help="skip diffusers + torch.compile")
     p.add_argument("--no-cold-start", action="store_true", help="skip the new-process measurements")
@@ -46,11 +49,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.model = args.model or (None if args.arch else DEFAULT_MODEL)
     if args.runs is None:
         args.runs = 5 if args.arch else 20
+    if args.steady_runs is None:  # on the real architectures the share is ~0 either way; skip the extra minutes
+        args.steady_runs = 0 if args.arch else args.runs
     for name in ("batch", "steps"):
         if any(v < 1 for v in getattr(args, name)):
             p.error(f"--{name} values must be >= 1")
-    if args.runs < 1 or args.warmup < 0:
-        p.error("--runs must be >= 1 and --warmup >= 0")
+    if args.runs < 1 or args.warmup < 0 or args.steady_runs < 0 or args.settle_ms < 0:
+        p.error("--runs must be >= 1, and --warmup, --steady-runs and --settle-ms >= 0")
     return args
 
 
@@ -134,37 +139,70 @@ def cold_start(kind: str, folder: Path, batch: int) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def settle(seconds: float) -> None:
+    """Wait without sleeping: the other cores' spinning worker threads go idle, while this core
+    stays awake and its caches stay as a busy server's would (after a sleep, the first
+    microseconds of host code run measurably slower on this VM)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def timed_call(s, batch: int, steps: int, seed: int) -> tuple[float, float, float]:
+    """(call, UNet, loop) seconds of one call."""
+    before, loop_before = s.clock.seconds, s.clock.loop_seconds
+    t0 = time.perf_counter()
+    s(batch, steps, seed)
+    dt = time.perf_counter() - t0
+    return dt, s.clock.seconds - before, s.clock.loop_seconds - loop_before
+
+
+def shares(samples: list[tuple[float, float, float]]) -> tuple[float | None, float | None]:
+    """Median share outside the UNet per call and per step (within the loop)."""
+    call = [1 - u / t for t, u, _ in samples]
+    step = [1 - u / lp if lp > 0 else float("nan") for _, u, lp in samples]
+    med = lambda v: float(np.median(v)) if v and np.isfinite(v).all() else None  # noqa: E731
+    return med(call), med(step)
+
+
 def measure(systems, args, bar) -> list[dict]:
+    """Per setting: interleaved timed calls (the latency figures), then, per system, a block of
+    back-to-back calls (what a server running one model sees: its own code and data stay in
+    the caches between calls, so the outside-UNet share is the runtime's own)."""
     runs = []
     for batch in args.batch:
         for steps in args.steps:
-            lat = {s.name: [] for s in systems}
-            unet = {s.name: [] for s in systems}
-            loop = {s.name: [] for s in systems}
+            samples = {s.name: [] for s in systems}
             for s in systems:
                 for _ in range(args.warmup):
                     s(batch, steps, 0)
                     bar.update()
             for i in range(args.runs):
                 for s in systems:  # interleaved: noise lands on every system alike
-                    time.sleep(args.settle_ms / 1e3)
-                    before, loop_before = s.clock.seconds, s.clock.loop_seconds
-                    t0 = time.perf_counter()
-                    s(batch, steps, 1 + i)
-                    dt = time.perf_counter() - t0
-                    lat[s.name].append(dt)
-                    unet[s.name].append(s.clock.seconds - before)
-                    loop[s.name].append(s.clock.loop_seconds - loop_before)
+                    settle(args.settle_ms / 1e3)
+                    samples[s.name].append(timed_call(s, batch, steps, 1 + i))
                     bar.update()
             for s in systems:
-                shares = [1 - u / t for u, t in zip(unet[s.name], lat[s.name])]
-                step_shares = [1 - u / t if t > 0 else float("nan") for u, t in zip(unet[s.name], loop[s.name])]
+                steady = []
+                for i in range(args.steady_runs):
+                    steady.append(timed_call(s, batch, steps, 1 + i))
+                    bar.update()
+                lat = [x[0] for x in samples[s.name]]
+                per_call, per_step = shares(samples[s.name])
+                steady_call, steady_step = shares(steady)
                 runs.append({
                     "system": s.name, "kind": s.kind, "batch": batch, "steps": steps,
-                    "latency": report.summarize(lat[s.name]), "samples_s": lat[s.name],
-                    "unet_s": unet[s.name], "loop_s": loop[s.name],
-                    "outside_unet_share": float(np.median(shares)) if np.isfinite(shares).all() else None,
-                    "outside_unet_share_per_step": float(np.median(step_shares)) if np.isfinite(step_shares).all() else None,
+                    "latency": report.summarize(lat), "samples_s": lat,
+                    "unet_s": [x[1] for x in samples[s.name]], "loop_s": [x[2] for x in samples[s.name]],
+                    "outside_unet_share": per_call,
+                    "outside_unet_share_per_step": per_step,
+                    "back_to_back": {
+                        "n": len(steady),
+                        "samples_s": [x[0] for x in steady], "unet_s": [x[1] for x in steady],
+                        "loop_s": [x[2] for x in steady],
+                        "outside_unet_share": steady_call,
+                        "outside_unet_share_per_step": steady_step,
+                    },
                 })
     return runs
 
@@ -235,7 +273,7 @@ def main(argv=None) -> int:
              for s in systems[1:]}
     cmrt_diffs = [v for k, v in diffs.items() if k.startswith("cmrt") and "bf16" not in k and "fp16" not in k]
 
-    total = len(args.batch) * len(args.steps) * len(systems) * (args.warmup + args.runs)
+    total = len(args.batch) * len(args.steps) * len(systems) * (args.warmup + args.runs + args.steady_runs)
     with tqdm(total=total, desc=f"bench {slug}", unit="call") as bar:
         runs = measure(systems, args, bar)
     for r in runs:
@@ -251,7 +289,8 @@ def main(argv=None) -> int:
         "created_unix": int(time.time()),
         "model": {"name": name, "folder": str(folder), "engine": str(engine),
                   "parameters": manifest.data["unet"]["parameters"], "unet_gflops_batch1": flops1 / 1e9},
-        "settings": {"batch": args.batch, "steps": args.steps, "runs": args.runs, "warmup": args.warmup, "settle_ms": args.settle_ms},
+        "settings": {"batch": args.batch, "steps": args.steps, "runs": args.runs, "warmup": args.warmup, "settle_ms": args.settle_ms,
+                     "steady_runs": args.steady_runs},
         "machine": desc, "gemm": gemm, "runs": runs, "cold_start": cold, "import_load_speedup": ratio,
         "same_output_max_abs_diff": max(cmrt_diffs) if cmrt_diffs else float("nan"),
         "same_output_per_system": diffs, "notes": notes,
