@@ -2,9 +2,10 @@
 
 Run: .venv/bin/python -m benchmarks.host_overhead [ENGINE_DIR] (default engines/digits)
 1. cmrt's own per-call code, with the UNet replaced by a stand-in that returns at once;
-2. time outside the UNet next to the real ONNX Runtime call (what `cmrt bench` reports);
+2. time outside the UNet next to the real ONNX Runtime call, per call and per step (within the
+   denoising loop), with `cmrt bench`'s clock, calls back to back;
 3. the first numpy operation right after `session.run` against the same operation again,
-   with 2 and 1 intra-op threads;
+   with 2 and 1 intra-op threads, and allocating against in place;
 4. the loop's post-UNet work (`scheduler.after_unet`, three in-place numpy operations) after
    nothing, after summing a 64 MB array, and after the real UNet: whatever evicts the caches
    makes the same operations 10x slower, which is the floor of any host code between UNet calls.
@@ -39,20 +40,23 @@ def main() -> None:
     pipe.backend.run = lambda s, t, l: np.zeros_like(s)
     for steps in (1, 2):
         print(f"{steps} step(s), stand-in UNet: cmrt code {per_call(pipe, steps, 2000) * 1e6:.0f} us per call")
-    spent = [0.0]
+    # the same clock and loop marks as `cmrt bench` (see benchmarks/latency/systems.py)
+    from benchmarks.latency.systems import UNetClock
 
-    def timed(*a):
-        t0 = time.perf_counter()
-        out = real(*a)
-        spent[0] += time.perf_counter() - t0
-        return out
+    clock = UNetClock()
+    pipe.backend.run = clock.wrap(real)
+    pipe.step_plan = clock.loop_starts_after(pipe.step_plan)
+    pipe.postprocess_image = clock.loop_ends_before(pipe.postprocess_image)
 
-    pipe.backend.run = timed
+    def reset() -> None:
+        clock.seconds = clock.loop_seconds = 0.0
+
     for steps in (1, 2):
-        total = per_call(pipe, steps, 300, on_start=lambda: spent.__setitem__(0, 0.0)) * 300
-        outside = total - spent[0]
+        total = per_call(pipe, steps, 300, on_start=reset) * 300
+        outside, in_loop = total - clock.seconds, clock.loop_seconds - clock.seconds
         print(f"{steps} step(s), real UNet: {total / 300 * 1e3:.2f} ms per call, outside the UNet "
-              f"{outside / 300 * 1e6:.0f} us ({100 * outside / total:.1f}%)")
+              f"{outside / 300 * 1e6:.0f} us per call ({100 * outside / total:.1f}%), "
+              f"{in_loop / 300 / steps * 1e6:.0f} us per step ({100 * in_loop / clock.loop_seconds:.1f}% of the loop)")
 
     m = pipe.manifest
     cfg = cm.SchedulerConfig.from_dict(m.scheduler_config)
@@ -81,6 +85,17 @@ def main() -> None:
         run, first, again = acc / 500 * 1e6
         print(f"{threads} thread(s): UNet {run / 1e3:.2f} ms; first numpy op after it {first:.0f} us, "
               f"the same op again {again:.1f} us")
+    # an allocation right after the UNet pays for glibc sorting the chunks ONNX Runtime freed
+    buf = np.empty_like(x)
+    for what, op in (("allocating (o * c)", lambda o: o * k.c_out),
+                     ("in place (np.multiply(o, c, out=buf))", lambda o: np.multiply(o, k.c_out, out=buf))):
+        acc = []
+        for i in range(320):
+            o = real(x, feeds["timestep"], feeds.get("class_labels"))
+            t1 = time.perf_counter()
+            op(o)
+            acc.append(time.perf_counter() - t1)
+        print(f"first op after the UNet, {what}: {np.median(acc[20:]) * 1e6:.1f} us")
 
     sweep = np.ones(64 << 18, dtype=np.float32)  # 64 MB
     skip, out = np.ones_like(x), np.empty_like(x)
