@@ -198,6 +198,18 @@ def test_auto_records_the_timing_behind_its_choice(wide_model):
     assert (m.folder / rec["file"]).exists() == rec["used"] == (rec["file"] in m.data["files"])
 
 
+def test_auto_leaves_out_a_graph_too_big_for_the_machine(wide_model, monkeypatch, tmp_path):
+    from cmrt.engine import cpu_graph
+    from cmrt.engine.build import BuildOptions, build_engine_folder
+    from cmrt.engine.manifest import read_manifest
+
+    monkeypatch.setattr(cpu_graph, "machine_memory_bytes", lambda: 1000)  # a 1 kB machine
+    folder, _ = wide_model
+    m = read_manifest(build_engine_folder(str(folder), out=tmp_path / "e", options=BuildOptions(precisions=("fp32",))))
+    assert not m.winograd["used"] and "more memory" in m.winograd["reason"]
+    assert m.winograd["file"] not in m.data["files"] and not (m.folder / m.winograd["file"]).exists()
+
+
 def test_bad_winograd_mode_is_refused():
     from cmrt.engine.build import BuildOptions
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,15 @@ WINOGRAD_FILE = "unet.fp32.winograd.onnx"
 MIN_GAIN = 0.05
 TIMING_BUDGET_S = 2.0
 TIMING_RUNS = (3, 15)  # at least, at most
+# "auto" does not make a graph whose extra filter memory would exceed this share of the machine's RAM.
+MAX_RAM_SHARE = 0.25
+
+
+def machine_memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):  # not POSIX
+        return None
 
 
 def median_run_ms(onnx_file: Path, feeds: dict[str, np.ndarray]) -> tuple[float, int]:
@@ -77,6 +87,16 @@ def add_winograd_graph(stage: Path, fp32_entry: dict[str, Any], unet, mode: str)
     if not report.rewritten:
         record.update(used=False, reason="no 3x3 convolution the rewrite applies to")
         logger.info("winograd: nothing to rewrite; the CPU runs the plain fp32 graph")
+        return record
+    added = report.added_filter_bytes
+    ram = machine_memory_bytes()
+    if mode == "auto" and ram and added > MAX_RAM_SHARE * ram:
+        record.update(
+            used=False,
+            reason=f"its transformed filters would take {added / 1e9:.1f} GB more memory, over "
+            f"{MAX_RAM_SHARE:.0%} of this machine's {ram / 1e9:.1f} GB (--winograd always overrides)",
+        )
+        logger.info("winograd CPU graph dropped: %s", record["reason"])
         return record
     path = stage / WINOGRAD_FILE
     write_bytes_atomic(path, model.SerializeToString())
