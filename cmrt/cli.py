@@ -222,10 +222,8 @@ def cmd_info(args) -> int:
         w = e.get("winograd")
         if w:
             rw = w["rewrite"]
-            state = (
-                f"{w['file']} ({rw['rewritten']} of {rw['rewritten'] + rw['kept']} convs, "
-                f"+{rw.get('added_filter_bytes', 0) / 1e6:.0f} MB of filters in memory)" if w["used"] else "not used"
-            )
+            extra = f", +{rw['added_filter_bytes'] / 1e6:.0f} MB of filters in memory" if "added_filter_bytes" in rw else ""
+            state = f"{w['file']} ({rw['rewritten']} of {rw['rewritten'] + rw['kept']} convs{extra})" if w["used"] else "not used"
             err = f", max abs error vs PyTorch {w['validation']['max_abs_error']:.2e}" if "validation" in w and w["used"] else ""
             print(f"cpu winograd    {state}: {w['reason']}{err}")
     t = d.get("tensorrt")
