@@ -89,6 +89,28 @@ def test_rewrite_matches_direct_convolution_at_any_batch():
         assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
 
+def test_filters_as_inputs_match_the_folded_graph_and_drop_the_3x3_weights():
+    """The runtime computes U itself (numpy) and feeds it; the graph then holds no 3x3 weights."""
+    from cmrt.winograd_transforms import transform_filters
+
+    model = conv_model([(24, 3, PAD1, True), (16, 3, PAD1, False)], c_in=8, size=16)
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    as_inputs = onnx.ModelProto()
+    as_inputs.CopyFrom(model)
+    report = wg.rewrite_winograd(as_inputs, filters="input")
+    assert [f["weight"] for f in report.runtime_filters] == ["w0", "w1"]
+    assert not {"w0", "w1"} & {t.name for t in as_inputs.graph.initializer}
+    feeds = {f["input"]: transform_filters(weights[f["weight"]]) for f in report.runtime_filters}
+    x = np.random.default_rng(5).standard_normal((2, 8, 16, 16)).astype(np.float32)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    got = ort.InferenceSession(as_inputs.SerializeToString(), so).run(None, {"x": x, **feeds})[0]
+    want = run(model, x)
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    with pytest.raises(ValueError, match="filters must be one of"):
+        wg.rewrite_winograd(model, filters="bake")
+
+
 @pytest.mark.parametrize(
     "conv, size, min_spatial, reason",
     [
@@ -160,6 +182,20 @@ def test_always_keeps_a_validated_winograd_graph_that_shares_the_weights(wide_mo
     assert (m.folder / rec["file"]).stat().st_size < 1_000_000  # graph only: no second copy of the weights
     assert m.cpu_onnx_path("fp32") == m.folder / rec["file"]
     assert m.cpu_onnx_path("fp32", winograd=False) == m.onnx_path("fp32")
+
+
+def test_a_weight_file_that_does_not_match_the_manifest_is_refused(wide_model, tmp_path):
+    import shutil
+
+    from cmrt.engine.manifest import EngineFolderError, read_manifest
+    from cmrt.winograd_transforms import filters_from_weight_file
+
+    engine = tmp_path / "engine"
+    shutil.copytree(build(wide_model, "always"), engine)
+    rec = dict(read_manifest(engine).winograd)
+    rec["filters"] = [dict(rec["filters"][0], offset=10**9)]
+    with pytest.raises(EngineFolderError, match="does not fit the weight file"):
+        filters_from_weight_file(engine, rec)
 
 
 def test_winograd_and_plain_graphs_give_the_same_images(wide_model):

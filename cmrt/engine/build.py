@@ -24,7 +24,7 @@ from .manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, EngineFolderError, 
 logger = logging.getLogger(__name__)
 
 # Bump when the exported graph changes for the same source and options.
-EXPORT_RECIPE = 2  # 2: fp32 weights in a separate file, shared with the Winograd CPU graph
+EXPORT_RECIPE = 3  # 2: fp32 weights in a separate file, shared with the Winograd CPU graph; 3: its filters as inputs
 WINOGRAD_MODES = ("auto", "always", "never")
 DEFAULT_ENGINE_ROOT = Path("engines")
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .._atomic import write_bytes_atomic
+from ..winograd_transforms import filters_from_weight_file
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +44,31 @@ def machine_memory_bytes() -> int | None:
         return None
 
 
-def median_run_ms(onnx_file: Path, feeds: dict[str, np.ndarray]) -> tuple[float, int]:
+def filter_location(weight, runtime_filter: dict[str, Any], weights_file: str) -> dict[str, Any]:
+    """Where a rewritten Conv's 3x3 weights lie in the fp32 weight file, for the runtime to read."""
+    from onnx import TensorProto
+
+    info = {e.key: e.value for e in weight.external_data}
+    if weight.data_location != TensorProto.EXTERNAL or info.get("location") != weights_file:
+        raise ValueError(f"weight {weight.name} is not in {weights_file}; export fp32 with separate_weights=True")
+    if weight.data_type != TensorProto.FLOAT:
+        raise ValueError(f"weight {weight.name} is not float32")
+    k, c, kh, kw = runtime_filter["shape"]
+    return {
+        "input": runtime_filter["input"],
+        "offset": int(info.get("offset", 0)),
+        "length": int(info.get("length", k * c * kh * kw * 4)),
+        "shape": [k, c, kh, kw],
+    }
+
+
+def median_run_ms(
+    onnx_file: Path, feeds: dict[str, np.ndarray], extra_inputs: dict[str, np.ndarray] | None = None
+) -> tuple[float, int]:
     """Median wall time of one ONNX Runtime CPU call, with the runtime's own session settings."""
     from ..runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
-    backend = OnnxRuntimeBackend(onnx_file, device="cpu")
+    backend = OnnxRuntimeBackend(onnx_file, device="cpu", extra_inputs=extra_inputs)
     args = (feeds["sample"], feeds["timestep"], feeds.get("class_labels"))
     backend.run(*args)  # warm-up: first-call allocations
     times: list[float] = []
@@ -82,8 +103,15 @@ def add_winograd_graph(stage: Path, fp32_entry: dict[str, Any], unet, mode: str)
     # the graph alone, whose initializers keep pointing into the fp32 weight file.
     shapes = conv_input_shapes(onnx.load(str(plain)))
     model = onnx.load(str(plain), load_external_data=False)
-    report = rewrite_winograd(model, input_shapes=shapes)
-    record: dict[str, Any] = {"file": WINOGRAD_FILE, "mode": mode, "rewrite": report.to_dict()}
+    weights = {t.name: t for t in model.graph.initializer}  # before the rewrite drops the 3x3 ones
+    report = rewrite_winograd(model, input_shapes=shapes, filters="input")
+    record: dict[str, Any] = {
+        "file": WINOGRAD_FILE,
+        "mode": mode,
+        "rewrite": report.to_dict(),
+        "weights_file": fp32_entry["external_data"],
+        "filters": [filter_location(weights[f["weight"]], f, fp32_entry["external_data"]) for f in report.runtime_filters],
+    }
     if not report.rewritten:
         record.update(used=False, reason="no 3x3 convolution the rewrite applies to")
         logger.info("winograd: nothing to rewrite; the CPU runs the plain fp32 graph")
@@ -102,13 +130,15 @@ def add_winograd_graph(stage: Path, fp32_entry: dict[str, Any], unet, mode: str)
     write_bytes_atomic(path, model.SerializeToString())
     del model
     onnx.checker.check_model(str(path))
-    record["validation"] = validate_onnx(unet, path, "fp32")
+    filters = filters_from_weight_file(stage, record)
+    record["validation"] = validate_onnx(unet, path, "fp32", extra_feeds=filters)
     if mode == "always":
         record.update(used=True, reason="--winograd always")
         return record
     feeds = random_inputs(unet, 1, seed=7)
     plain_ms, n_plain = median_run_ms(plain, feeds)
-    wino_ms, n_wino = median_run_ms(path, feeds)
+    wino_ms, n_wino = median_run_ms(path, feeds, extra_inputs=filters)
+    del filters
     used = wino_ms < (1 - MIN_GAIN) * plain_ms
     record["timing"] = {
         "batch": 1,

@@ -165,8 +165,11 @@ def export_onnx(unet, out_file: Path, precision: str, opset: int = 17, separate_
     }
 
 
-def validate_onnx(unet, onnx_file: Path, precision: str, batch_sizes=(1, 2)) -> dict[str, Any]:
-    """Run the export in ONNX Runtime (CPU) against the fp32 PyTorch UNet; raise if it is off."""
+def validate_onnx(
+    unet, onnx_file: Path, precision: str, batch_sizes=(1, 2), extra_feeds: dict[str, np.ndarray] | None = None
+) -> dict[str, Any]:
+    """Run the export in ONNX Runtime (CPU) against the fp32 PyTorch UNet; raise if it is off.
+    `extra_feeds`: inputs besides the UNet's own (a Winograd graph's transformed filters)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -176,7 +179,7 @@ def validate_onnx(unet, onnx_file: Path, precision: str, batch_sizes=(1, 2)) -> 
     for b in batch_sizes:
         feeds = random_inputs(unet, b, seed=1000 + b)
         ref = torch_reference(unet, feeds)
-        got = sess.run([OUTPUT], feeds)[0]
+        got = sess.run([OUTPUT], {**feeds, **(extra_feeds or {})})[0]
         if got.shape != ref.shape:
             raise RuntimeError(f"{onnx_file.name}: output shape {got.shape} at batch {b}, PyTorch gives {ref.shape}")
         if not np.isfinite(got).all():

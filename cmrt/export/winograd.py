@@ -31,76 +31,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..winograd_transforms import (  # noqa: F401  (re-exported for the tests and readers)
+    A_T,
+    ALPHA,
+    B_T,
+    G,
+    KERNEL,
+    TILE,
+    filter_basis_matrix,
+    input_basis,
+    output_basis,
+    transform_filters,
+    winograd_conv_reference,
+)
+
 logger = logging.getLogger(__name__)
 
-TILE = 4  # output tile m of F(m, r)
-KERNEL = 3  # filter size r
-ALPHA = TILE + KERNEL - 1  # input tile, 6
-
-# Lavin & Gray (2016), F(4x4, 3x3) with interpolation points 0, 1, -1, 2, -2 and infinity.
-B_T = np.array(
-    [
-        [4, 0, -5, 0, 1, 0],
-        [0, -4, -4, 1, 1, 0],
-        [0, 4, -4, -1, 1, 0],
-        [0, -2, -1, 2, 1, 0],
-        [0, 2, -1, -2, 1, 0],
-        [0, 4, 0, -5, 0, 1],
-    ],
-    dtype=np.float64,
-)
-G = np.array(
-    [
-        [1 / 4, 0, 0],
-        [-1 / 6, -1 / 6, -1 / 6],
-        [-1 / 6, 1 / 6, -1 / 6],
-        [1 / 24, 1 / 12, 1 / 6],
-        [1 / 24, -1 / 12, 1 / 6],
-        [0, 0, 1],
-    ],
-    dtype=np.float64,
-)
-A_T = np.array(
-    [
-        [1, 1, 1, 1, 1, 0],
-        [0, 1, -1, 2, -2, 0],
-        [0, 1, 1, 4, 4, 0],
-        [0, 1, -1, 8, -8, 1],
-    ],
-    dtype=np.float64,
-)
 DEFAULT_MIN_SPATIAL = 16
-
-
-def input_basis() -> np.ndarray:
-    """[36, 1, 6, 6]: filter (a, b) of the input transform is the outer product B_T[a] x B_T[b]."""
-    return np.einsum("ai,bj->abij", B_T, B_T).reshape(ALPHA * ALPHA, 1, ALPHA, ALPHA)
-
-
-def filter_basis_matrix() -> np.ndarray:
-    """[36, 9]: this @ vec(W) = vec(G W G^T), row-major over (a, b) and (i, j)."""
-    return np.kron(G, G)
-
-
-def output_basis() -> np.ndarray:
-    """[16, 36]: row (p, q) maps the 36 transformed products of a tile to output pixel (p, q)."""
-    return np.kron(A_T, A_T)
-
-
-def winograd_conv_reference(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
-    """The same algorithm in float64 numpy, for tests: x [N,C,H,W], w [K,C,3,3], padding 1."""
-    n, c, h, wd = x.shape
-    k = w.shape[0]
-    th, tw = h // TILE, wd // TILE
-    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
-    rows = np.arange(th)[:, None] * TILE + np.arange(ALPHA)[None, :]
-    cols = np.arange(tw)[:, None] * TILE + np.arange(ALPHA)[None, :]
-    tiles = xp[:, :, rows[:, None, :, None], cols[None, :, None, :]]  # N C th tw 6 6
-    v = np.einsum("ai,nctuij,bj->abnctu", B_T, tiles, B_T)
-    u = np.einsum("ai,kcij,bj->abkc", G, w.astype(np.float64), G)
-    m = np.einsum("abkc,abnctu->abnktu", u, v)
-    y = np.einsum("pa,abnktu,qb->nktpuq", A_T, m, A_T).reshape(n, k, h, wd)
-    return y if b is None else y + b.reshape(1, -1, 1, 1)
 
 
 @dataclass
@@ -109,6 +56,8 @@ class RewriteReport:
     kept: dict[str, str] = field(default_factory=dict)  # conv name -> why it stayed a direct Conv
     # fp32 bytes the transformed filters add in memory once folded (36 values per 3x3 filter, not 9)
     added_filter_bytes: int = 0
+    # filters="input": [{"input": graph input for U, "weight": 3x3 initializer name, "shape": [K, C, 3, 3]}]
+    runtime_filters: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         reasons: dict[str, int] = {}
@@ -170,17 +119,29 @@ def _why_not(node, weight, shape, min_spatial: int) -> str | None:
     return None
 
 
-def rewrite_winograd(model, min_spatial: int = DEFAULT_MIN_SPATIAL, input_shapes: dict[str, tuple] | None = None):
+FILTER_MODES = ("fold", "input")
+
+
+def rewrite_winograd(
+    model, min_spatial: int = DEFAULT_MIN_SPATIAL, input_shapes: dict[str, tuple] | None = None, filters: str = "fold"
+):
     """Replace eligible Convs in `model` (an onnx ModelProto, changed in place) and report which.
 
     Only node wiring and small new initializers change; existing initializers are referenced,
     never read. So `model` may be loaded without its external data when `input_shapes`
     (from `conv_input_shapes` on the loaded model, which does read small constants) is given.
+
+    `filters`: "fold" computes U = G W G^T in the graph (ONNX Runtime folds it when it opens
+    the session); "input" makes each U a graph input named in `report.runtime_filters`, for
+    the caller to compute from the 3x3 weights (`transform_filters`) and feed, and drops the
+    3x3 weights the graph no longer uses.
     """
-    from onnx import helper, numpy_helper
+    from onnx import TensorProto, helper, numpy_helper
 
     if not isinstance(min_spatial, int) or min_spatial < TILE:
         raise ValueError(f"min_spatial must be an integer >= {TILE}, got {min_spatial!r}")
+    if filters not in FILTER_MODES:
+        raise ValueError(f"filters must be one of {FILTER_MODES}, got {filters!r}")
     graph = model.graph
     shapes = conv_input_shapes(model) if input_shapes is None else input_shapes
     inits = {t.name: t for t in graph.initializer}
@@ -193,7 +154,7 @@ def rewrite_winograd(model, min_spatial: int = DEFAULT_MIN_SPATIAL, input_shapes
             shared[name] = name
         return name
 
-    filter_basis = const("cmrt_winograd/G", filter_basis_matrix())
+    filter_basis = const("cmrt_winograd/G", filter_basis_matrix()) if filters == "fold" else None
     basis_in = const("cmrt_winograd/B", input_basis())
     basis_out = const("cmrt_winograd/A", output_basis())
 
@@ -218,14 +179,21 @@ def rewrite_winograd(model, min_spatial: int = DEFAULT_MIN_SPATIAL, input_shapes
             return const(f"{p}/{suffix}", dims, np.int64)
 
         x, out = node.input[0], node.output[0]
-        nodes = [
-            # U = G W G^T as [36, K, C]: constant, folded by ONNX Runtime at session creation. One
-            # [36, 9] x [9, K*C] GEMM (per-filter products fold ~20x slower); transposing the 9-wide
-            # weights rather than the 36-wide result.
-            helper.make_node("Reshape", [node.input[1], shape_const("w_shape", [k * c, KERNEL * KERNEL])], [f"{p}/W_flat"]),
-            helper.make_node("Transpose", [f"{p}/W_flat"], [f"{p}/W_t"], perm=[1, 0]),
-            helper.make_node("MatMul", [filter_basis, f"{p}/W_t"], [f"{p}/U_flat"]),
-            helper.make_node("Reshape", [f"{p}/U_flat", shape_const("u_shape", [ALPHA * ALPHA, k, c])], [f"{p}/U"]),
+        if filters == "input":
+            graph.input.append(helper.make_tensor_value_info(f"{p}/U", TensorProto.FLOAT, [ALPHA * ALPHA, k, c]))
+            report.runtime_filters.append({"input": f"{p}/U", "weight": node.input[1], "shape": [k, c, KERNEL, KERNEL]})
+            nodes = []
+        else:
+            nodes = [
+                # U = G W G^T as [36, K, C]: constant, folded by ONNX Runtime at session creation. One
+                # [36, 9] x [9, K*C] GEMM (per-filter products fold ~20x slower); transposing the 9-wide
+                # weights rather than the 36-wide result.
+                helper.make_node("Reshape", [node.input[1], shape_const("w_shape", [k * c, KERNEL * KERNEL])], [f"{p}/W_flat"]),
+                helper.make_node("Transpose", [f"{p}/W_flat"], [f"{p}/W_t"], perm=[1, 0]),
+                helper.make_node("MatMul", [filter_basis, f"{p}/W_t"], [f"{p}/U_flat"]),
+                helper.make_node("Reshape", [f"{p}/U_flat", shape_const("u_shape", [ALPHA * ALPHA, k, c])], [f"{p}/U"]),
+            ]
+        nodes += [
             # V: every 6x6 tile (stride 4, zero padding 1) through the 36 input-transform filters,
             # then tile-position-major: [N, 36, C, tiles]. (A separable 6x1 + 1x6 pair measured no faster.)
             helper.make_node("Tile", [basis_in, shape_const("b_reps", [c, 1, 1, 1])], [f"{p}/B"]),
@@ -254,6 +222,12 @@ def rewrite_winograd(model, min_spatial: int = DEFAULT_MIN_SPATIAL, input_shapes
         report.added_filter_bytes += (ALPHA * ALPHA - KERNEL * KERNEL) * k * c * 4
     graph.ClearField("node")
     graph.node.extend(new_nodes)
+    if filters == "input":  # the 3x3 weights only the rewritten Convs read are no longer part of this graph
+        used = {name for n in graph.node for name in n.input}
+        dropped = {f["weight"] for f in report.runtime_filters} - used
+        kept_inits = [t for t in graph.initializer if t.name not in dropped]
+        graph.ClearField("initializer")
+        graph.initializer.extend(kept_inits)
     logger.info(
         "winograd: %d of %d Convs rewritten (%s kept)",
         len(report.rewritten),

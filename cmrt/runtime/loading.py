@@ -139,7 +139,13 @@ def open_backend(
             manifest.onnx_path(prec), use_cuda_graph=use_cuda_graph, min_batch=manifest.min_batch, max_batch=manifest.max_batch
         )
     else:
-        engine = OnnxRuntimeBackend(manifest.cpu_onnx_path(prec, winograd), device="cpu", threads=threads)
+        path = manifest.cpu_onnx_path(prec, winograd)
+        extra = None
+        if manifest.winograd and path.name == manifest.winograd["file"] and manifest.winograd.get("filters"):
+            from ..winograd_transforms import filters_from_weight_file
+
+            extra = filters_from_weight_file(manifest.folder, manifest.winograd)
+        engine = OnnxRuntimeBackend(path, device="cpu", threads=threads, extra_inputs=extra)
     return manifest, engine
 
 

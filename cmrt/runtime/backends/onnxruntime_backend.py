@@ -29,7 +29,15 @@ def available_providers() -> list[str]:
 class OnnxRuntimeBackend:
     """One InferenceSession, created once, run with plain numpy feeds."""
 
-    def __init__(self, onnx_path: str | os.PathLike, device: str = "cpu", threads: int | None = None):
+    def __init__(
+        self,
+        onnx_path: str | os.PathLike,
+        device: str = "cpu",
+        threads: int | None = None,
+        extra_inputs: dict[str, np.ndarray] | None = None,
+    ):
+        """`extra_inputs`: constant arrays fed on every call besides the sample (a Winograd
+        graph's transformed filters); ONNX Runtime reads them in place, without a copy."""
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -65,6 +73,10 @@ class OnnxRuntimeBackend:
         self.provider = active[0]
         self.threads = so.intra_op_num_threads
         self.input_names = [i.name for i in self.session.get_inputs()]
+        self.extra_inputs = dict(extra_inputs or {})
+        missing = [n for n in self.input_names if n not in ("sample", "timestep", "class_labels") and n not in self.extra_inputs]
+        if missing:
+            raise ValueError(f"{onnx_path} needs inputs {missing[:3]}{'...' if len(missing) > 3 else ''} that were not given")
         self.output_name = self.session.get_outputs()[0].name
         logger.info("ONNX Runtime session on %s (%d threads) for %s", self.provider, self.threads, onnx_path)
 
@@ -72,4 +84,6 @@ class OnnxRuntimeBackend:
         feeds = {"sample": sample, "timestep": timestep}
         if class_labels is not None:
             feeds["class_labels"] = class_labels
+        if self.extra_inputs:
+            feeds.update(self.extra_inputs)
         return self.session.run([self.output_name], feeds)[0]
