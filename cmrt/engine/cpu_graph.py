@@ -3,12 +3,13 @@
 Why a second graph rather than rewriting the first: GPU backends (TensorRT, ONNX Runtime
 CUDA) pick their own convolution algorithms and must see plain Convs, and OpenVINO fuses
 plain Convs best. Only ONNX Runtime on the CPU, which has no fast-convolution algorithm
-of its own, gets this graph. It holds no weights: it refers to the fp32 export's weight
-file, so the folder does not grow by another copy of the model.
+of its own, gets this graph. It holds no weights: its transformed filters are graph inputs
+that the runtime computes from the fp32 export's weight file (the manifest says where each
+3x3 filter lies in it), so the folder does not grow by another copy of the model.
 
 Whether Winograd pays depends on the model and the machine: on ImageNet-64's wide layers
-it cuts ONNX Runtime's UNet time by about a quarter, on a 16x16 model with 32-64 channels
-the transforms cost more than they save. So in "auto" mode the build times both graphs
+it cuts ONNX Runtime's UNet time by a quarter to a third, on a 16x16 model with 32-64
+channels the transforms cost more than they save. So in "auto" mode the build times both graphs
 here, on this machine, and keeps the Winograd graph only when it is clearly faster; the
 manifest records the timings either way.
 """
