@@ -26,3 +26,8 @@ def test_imagenet64_export_parity(tmp_path, record_property):
           f"(batch sizes {v['batch_sizes']})")
     assert v["max_abs_error"] < 1e-4
     assert np.isfinite(v["max_abs_error"])
+    w = m.winograd  # the CPU graph: validated whether or not this machine's timing kept it
+    record_property("winograd", w["reason"])
+    print(f"Winograd CPU graph: {w['rewrite']['rewritten']} convs, max abs error {w['validation']['max_abs_error']:.3g}; "
+          f"{w['reason']}")
+    assert w["rewrite"]["rewritten"] > 40 and w["validation"]["max_abs_error"] < 1e-4
