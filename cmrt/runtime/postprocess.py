@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .scheduler import clip_ufunc
+
 OUTPUT_TYPES = ("pil", "np")
 
 
@@ -11,7 +13,7 @@ def to_unit_range(sample: np.ndarray, scratch: bool = False) -> np.ndarray:
     if scratch and sample.dtype == np.float32 and sample.flags.writeable:
         x = np.divide(sample, np.float32(2), out=sample)
         x += np.float32(0.5)
-        np.clip(x, 0.0, 1.0, out=x)
+        clip_ufunc(x, np.float32(0.0), np.float32(1.0), out=x)
     else:
         x = np.clip(sample / np.float32(2) + np.float32(0.5), 0.0, 1.0)
     return np.ascontiguousarray(x.transpose(0, 2, 3, 1), dtype=np.float32)
