@@ -77,7 +77,7 @@ def winograd_conv_reference(x: np.ndarray, w: np.ndarray, b: np.ndarray | None =
 
 
 def transform_filters(w: np.ndarray) -> np.ndarray:
-    """[K, C, 3, 3] (or [K*C, 9] with `shape`) 3x3 filters -> U = G w G^T as float32 [36, K, C]."""
+    """[K, C, 3, 3] 3x3 filters -> U = G w G^T as float32 [36, K, C]."""
     if w.ndim != 4 or w.shape[2:] != (KERNEL, KERNEL):
         raise ValueError(f"filters must be [K, C, 3, 3], got shape {w.shape}")
     k, c = w.shape[:2]

@@ -104,7 +104,10 @@ class Manifest:
         return self.data["onnx"].get("fp32", {}).get("winograd")
 
     def cpu_onnx_path(self, precision: str, winograd: bool | None = None) -> Path:
-        """The graph ONNX Runtime runs on the CPU: the Winograd one where the build kept it.
+        return self.cpu_graph(precision, winograd)[0]
+
+    def cpu_graph(self, precision: str, winograd: bool | None = None) -> tuple[Path, dict[str, Any] | None]:
+        """The graph ONNX Runtime runs on the CPU, and its Winograd record when it is the Winograd one.
 
         `winograd`: None follows the build's choice, False forces the plain graph, True asks
         for the Winograd one and fails when the folder has none.
@@ -120,8 +123,8 @@ class Manifest:
                 "rebuild with `cmrt build ... --winograd always`, or load with winograd=None"
             )
         if kept and winograd is not False:
-            return self.folder / rec["file"]
-        return self.onnx_path(precision)
+            return self.folder / rec["file"], rec
+        return self.onnx_path(precision), None
 
     def io_spec(self, precision: str) -> dict[str, Any]:
         entry = self.data["onnx"][precision]

@@ -13,9 +13,11 @@ DepthToSpace, Add), so ONNX Runtime runs it with its own kernels:
     M = U @ V                                        36 batched GEMMs [K,C] x [C,tiles]
     Y = DepthToSpace(A-basis @ M) + bias            output transform and tile interleave
 
-The filter transform U = G W G^T stays in the graph as MatMuls over the original weight
-initializer: the file keeps the 3x3 weights (no 4x bigger initializers on disk) and ONNX
-Runtime folds U into a constant when it creates the session.
+The filter transform U = G W G^T never goes to disk 4x bigger. With `filters="input"` (what
+`cmrt build` uses) each U is a graph input that the runtime computes from the 3x3 weights;
+with `filters="fold"` it stays in the graph as MatMuls over the weight initializer, which
+ONNX Runtime folds when it creates the session: a self-contained graph, but several times
+slower to open.
 
 Where it does not pay, the Conv is left alone: strided, grouped, dilated or non-3x3
 convolutions, spatial sizes not divisible by the tile, and small maps (below

@@ -84,6 +84,17 @@ def _resize_float(img: np.ndarray, size: int) -> np.ndarray:
     return np.clip(np.stack(chans, axis=-1), 0.0, 1.0).astype(np.float32)
 
 
+def _load_list(load, items, name: str, size, resize: bool, what: str, hint: str) -> np.ndarray:
+    """A list of images or masks, each loaded by `load` under the name `name[i]`, as one batch."""
+    if len(items) == 0:
+        raise ValueError(f"{name} is an empty list")
+    parts = [load(item, f"{name}[{i}]", size, resize) for i, item in enumerate(items)]
+    shapes = {p.shape[1:] for p in parts}
+    if len(shapes) != 1:
+        raise ValueError(f"the {what} in {name} have different sizes {sorted(shapes)}{hint}")
+    return np.concatenate(parts)
+
+
 def load_images(image: Any, name: str = "image", size: int | None = None, resize: bool = True) -> np.ndarray:
     """`image` as float32 [B, size, size, 3] in [0, 1].
 
@@ -96,13 +107,7 @@ def load_images(image: Any, name: str = "image", size: int | None = None, resize
     if image is None:
         raise TypeError(f"{name} is required: a PIL image or a numpy array [H, W, 3] / [B, H, W, 3] in [0, 1]")
     if isinstance(image, (list, tuple)):
-        if len(image) == 0:
-            raise ValueError(f"{name} is an empty list")
-        parts = [load_images(im, f"{name}[{i}]", size, resize) for i, im in enumerate(image)]
-        shapes = {p.shape[1:] for p in parts}
-        if len(shapes) != 1:
-            raise ValueError(f"the images in {name} have different sizes {sorted(shapes)}; pass a size or resize them")
-        return np.concatenate(parts)
+        return _load_list(load_images, image, name, size, resize, "images", "; pass a size or resize them")
     if _is_pil(image):
         batch = _pil_to_array(image)[None]
     elif isinstance(image, np.ndarray):
@@ -132,13 +137,7 @@ def load_masks(mask: Any, name: str = "mask", size: int | None = None, resize: b
     if mask is None:
         raise TypeError(f"{name} is required: a PIL image (white = generate) or a boolean numpy array [H, W]")
     if isinstance(mask, (list, tuple)):
-        if len(mask) == 0:
-            raise ValueError(f"{name} is an empty list")
-        parts = [load_masks(m, f"{name}[{i}]", size, resize) for i, m in enumerate(mask)]
-        shapes = {p.shape[1:] for p in parts}
-        if len(shapes) != 1:
-            raise ValueError(f"the masks in {name} have different sizes {sorted(shapes)}")
-        return np.concatenate(parts)
+        return _load_list(load_masks, mask, name, size, resize, "masks", "")
     if _is_pil(mask):
         batch = (np.asarray(mask.convert("L")) > 127)[None]
     elif isinstance(mask, np.ndarray):

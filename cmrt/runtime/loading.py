@@ -139,12 +139,12 @@ def open_backend(
             manifest.onnx_path(prec), use_cuda_graph=use_cuda_graph, min_batch=manifest.min_batch, max_batch=manifest.max_batch
         )
     else:
-        path = manifest.cpu_onnx_path(prec, winograd)
+        path, wino = manifest.cpu_graph(prec, winograd)
         extra = None
-        if manifest.winograd and path.name == manifest.winograd["file"] and manifest.winograd.get("filters"):
+        if wino and wino.get("filters"):  # folders built before recipe 3 fold the filters in the graph
             from ..winograd_transforms import filters_from_weight_file
 
-            extra = filters_from_weight_file(manifest.folder, manifest.winograd)
+            extra = filters_from_weight_file(manifest.folder, wino)
         engine = OnnxRuntimeBackend(path, device="cpu", threads=threads, extra_inputs=extra)
     return manifest, engine
 

@@ -8,6 +8,7 @@ depend on what it was batched with (what a server needs).
 """
 from __future__ import annotations
 
+import abc
 import numbers
 from typing import Any, Sequence
 
@@ -18,7 +19,20 @@ from .torch_rng import TorchCPUGenerator
 RNGS = ("numpy", "torch")
 
 
-class NumpyNoise:
+class NoiseSource(abc.ABC):
+    """What every source shares: `normals_into` fills out[i] for each i as successive draws."""
+
+    @abc.abstractmethod
+    def normal_into(self, out: np.ndarray) -> np.ndarray:
+        """Standard normals of `out`'s shape, written into it."""
+
+    def normals_into(self, out: np.ndarray) -> np.ndarray:
+        for z in out:  # one big draw would differ for torch's kernels and per-sample streams
+            self.normal_into(z)
+        return out
+
+
+class NumpyNoise(NoiseSource):
     def __init__(self, gen: np.random.Generator):
         self.gen = gen
 
@@ -29,6 +43,10 @@ class NumpyNoise:
         """The same draw as `normal(out.shape)`, written into `out` (the sampling loop allocates nothing)."""
         return self.gen.standard_normal(dtype=np.float32, out=out)
 
+    def normals_into(self, out: np.ndarray) -> np.ndarray:
+        """out[i] for each i as successive draws; numpy fills in order, so one draw gives the same values."""
+        return self.normal_into(out)
+
     def labels(self, num_classes: int, n: int) -> np.ndarray:
         return self.gen.integers(0, num_classes, size=n).astype(np.int64)
 
@@ -36,7 +54,7 @@ class NumpyNoise:
         pass
 
 
-class TorchNoise:
+class TorchNoise(NoiseSource):
     """torch's CPU generator semantics; `owner` is a real torch.Generator to advance afterwards."""
 
     def __init__(self, gen: TorchCPUGenerator, owner: Any = None):
@@ -50,6 +68,7 @@ class TorchNoise:
         out[...] = self.normal(out.shape)
         return out
 
+
     def labels(self, num_classes: int, n: int) -> np.ndarray:
         return self.gen.randint(0, num_classes, size=(n,)).astype(np.int64)
 
@@ -62,7 +81,7 @@ class TorchNoise:
             self.owner.set_state(state)
 
 
-class PerSampleNoise:
+class PerSampleNoise(NoiseSource):
     """One stream per sample: row i of every draw comes from stream i alone."""
 
     def __init__(self, sources: Sequence[Any]):

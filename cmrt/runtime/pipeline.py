@@ -17,7 +17,7 @@ import numpy as np
 from ..engine.manifest import Manifest
 from . import scheduler as cm
 from .editing import EditingMixin
-from .noise import NumpyNoise, make_noise_source
+from .noise import make_noise_source
 from .postprocess import OUTPUT_TYPES, postprocess
 
 logger = logging.getLogger(__name__)
@@ -165,14 +165,10 @@ class Pipeline(EditingMixin):
         if noise is not None:
             for i, z in enumerate(noise):
                 np.copyto(terms[i], z)  # the caller's arrays are never written
-        elif isinstance(source, NumpyNoise):
-            source.normal_into(terms)  # one draw: numpy fills in order, so this equals one draw per step
         else:
-            for i in range(len(plan)):
-                source.normal_into(terms[i])
-        np.multiply(terms, np.float32(self.scheduler_config.s_noise), out=terms)
-        for i, k in enumerate(plan):
-            terms[i] *= k.noise_coef
+            source.normals_into(terms)  # one draw per step, in order
+        for z, k in zip(terms, plan):
+            cm.scale_noise(z, k, self.scheduler_config)
         return terms
 
     # --- step 5: output ----------------------------------------------------------------------

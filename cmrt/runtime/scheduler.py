@@ -193,7 +193,8 @@ def step_constants(schedule: Schedule, cfg: SchedulerConfig) -> tuple[StepConsta
 # The sampling loop splits each step around the UNet call: everything that does not need the
 # UNet's output (input scaling, the skip term, the scaled noise) is done before it, so that
 # after the call, when the UNet has evicted the host's caches (the first numpy operation then
-# costs 30-70 us on the 2-core benchmark machine instead of 3-5), only three or four
+# costs 40-60 us on the 2-core benchmark machine instead of 2, `python -m
+# benchmarks.host_overhead`), only three or four
 # in-place operations remain. No function here allocates; the float32 operations and their
 # order are diffusers', so results are bit-identical to the one-shot formulas.
 
@@ -233,9 +234,15 @@ def denoise(model_output: np.ndarray, sample: np.ndarray, sigma: np.float32, cfg
     """The consistency function's output f(x, sigma): c_skip x + c_out F, clipped to [-1, 1]."""
     c_skip, c_out = boundary_scalings(sigma, cfg)
     k = StepConstants(t=np.float32(0), divisor=np.float32(1), c_skip=c_skip, c_out=c_out, noise_coef=np.float32(0))
+    return _fresh_step(model_output, sample, None, k, cfg)
+
+
+def _fresh_step(model_output, sample, noise, k: StepConstants, cfg: SchedulerConfig) -> np.ndarray:
+    """after_unet on copies: the one-call functions leave their arguments untouched."""
     mo = np.asarray(model_output, dtype=np.float32)
     skip = np.multiply(np.asarray(sample, dtype=np.float32), k.c_skip)
-    return after_unet(mo, skip, k, cfg, out=np.empty_like(mo))
+    term = None if noise is None else scale_noise(np.array(noise, dtype=np.float32), k, cfg)
+    return after_unet(mo, skip, k, cfg, out=np.empty_like(mo), noise_term=term)
 
 
 def step(
@@ -250,5 +257,4 @@ def step(
     c_skip, c_out = boundary_scalings(sigma, cfg)
     k = StepConstants(t=np.float32(0), divisor=np.float32(1), c_skip=c_skip, c_out=c_out,
                       noise_coef=noise_scale(sigma_next, cfg))
-    denoised = denoise(model_output, sample, sigma, cfg)
-    return denoised if noise is None else denoised + scale_noise(np.array(noise, dtype=np.float32), k, cfg)
+    return _fresh_step(model_output, sample, noise, k, cfg)
