@@ -8,7 +8,9 @@ Run: .venv/bin/python -m benchmarks.host_overhead [ENGINE_DIR] (default engines/
    with 2 and 1 intra-op threads, and allocating against in place;
 4. the loop's post-UNet work (`scheduler.after_unet`, three in-place numpy operations) after
    nothing, after summing a 64 MB array, and after the real UNet: whatever evicts the caches
-   makes the same operations 10x slower, which is the floor of any host code between UNet calls.
+   makes the same operations 10x slower, which is the floor of any host code between UNet calls;
+   and the same operations written with keyword `out=` and per-call scalars, against
+   `after_unet`'s positional form.
 """
 from __future__ import annotations
 
@@ -105,9 +107,27 @@ def main() -> None:
         for i in range(320):
             before()
             t1 = time.perf_counter()
-            cm.after_unet(x, skip, k, cfg, out=out)
+            cm.after_unet(x, skip, k, cfg, out)
             acc.append(time.perf_counter() - t1)
         print(f"post-UNet step work (3 in-place ops) after {what}: {np.median(acc[20:]) * 1e6:.1f} us")
+
+    # the same three operations written with keyword `out=`, `+=` and bounds built per call (the
+    # loop's form until this comparison), against `scheduler.after_unet`; alternated call by call
+    def keyword_form(o, out=out):
+        np.multiply(o, k.c_out, out=out)
+        out += skip
+        cm.clip_ufunc(out, np.float32(-1.0), np.float32(1.0), out=out)
+
+    forms = {"keyword form": keyword_form, "scheduler.after_unet": lambda o: cm.after_unet(o, skip, k, cfg, out)}
+    acc = {name: [] for name in forms}
+    for i in range(400):
+        for name, form in forms.items():
+            o = unet()
+            t1 = time.perf_counter()
+            form(o)
+            acc[name].append(time.perf_counter() - t1)
+    print("post-UNet step work after the real UNet: " + ", ".join(
+        f"{name} {np.median(a[20:]) * 1e6:.1f} us" for name, a in acc.items()))
 
 
 if __name__ == "__main__":

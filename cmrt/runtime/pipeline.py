@@ -45,6 +45,7 @@ class Pipeline(EditingMixin):
         self.scheduler_config = cm.SchedulerConfig.from_dict(manifest.scheduler_config)
         self._shape_chw = (manifest.in_channels, manifest.sample_size, manifest.sample_size)
         self._plans: dict[bytes, tuple[cm.StepConstants, ...]] = {}
+        self._step_arrays: dict[tuple[int, int], cm.StepArrays] = {}
         self._schedules: dict[tuple, cm.Schedule] = {}
 
     def __repr__(self) -> str:
@@ -105,6 +106,17 @@ class Pipeline(EditingMixin):
             plan = self._plans[key] = cm.step_constants(schedule, self.scheduler_config)
         return plan
 
+    def step_arrays(self, plan: tuple[cm.StepConstants, ...], batch_size: int) -> cm.StepArrays:
+        """Timestep inputs and noise coefficients for (plan, batch size), built once: the loop then
+        allocates nothing but its two buffers."""
+        key = (id(plan), batch_size)  # plans live as long as the pipeline (see step_plan)
+        arrays = self._step_arrays.get(key)
+        if arrays is None:
+            arrays = cm.step_arrays(plan, batch_size)
+            if len(self._step_arrays) < 1024:
+                self._step_arrays[key] = arrays
+        return arrays
+
     def check_latents(self, latents: Any, batch_size: int) -> np.ndarray:
         if not isinstance(latents, np.ndarray):
             raise TypeError(f"latents must be a numpy array of shape {(batch_size, *self._shape_chw)}, got {type(latents).__name__}")
@@ -159,17 +171,15 @@ class Pipeline(EditingMixin):
             raise ValueError(f"class_labels {bad.tolist()} are out of range: this model has classes 0..{n - 1}")
         return labels
 
-    def renoising_terms(self, plan, shape, noise, source) -> np.ndarray:
+    def renoising_terms(self, arrays: cm.StepArrays, shape, noise, source) -> np.ndarray:
         """[steps, *shape]: each step's (z * s_noise) * coef, z from `noise` or drawn from `source` in order."""
-        terms = np.empty((len(plan), *shape), dtype=np.float32)
+        terms = np.empty((len(arrays.timesteps), *shape), dtype=np.float32)
         if noise is not None:
             for i, z in enumerate(noise):
                 np.copyto(terms[i], z)  # the caller's arrays are never written
         else:
             source.normals_into(terms)  # one draw per step, in order
-        for z, k in zip(terms, plan):
-            cm.scale_noise(z, k, self.scheduler_config)
-        return terms
+        return cm.scale_noises(terms, arrays, self.scheduler_config)
 
     # --- step 5: output ----------------------------------------------------------------------
     def postprocess_image(self, sample: np.ndarray, output_type: str, scratch: bool = False):
@@ -234,20 +244,17 @@ class Pipeline(EditingMixin):
         # `sample` is ours (never the caller's latents). Work that does not need the UNet's
         # output is done before the call (see scheduler.before_unet for why).
         plan = self.step_plan(schedule)
-        n = len(plan)
+        arrays = self.step_arrays(plan, batch_size)
+        ts = arrays.timesteps
         scaled = np.empty_like(sample)
-        spare = np.empty_like(sample)
-        ts = [np.full((batch_size,), k.t, dtype=np.float32) for k in plan]
+        spare = np.empty_like(sample)  # each step's output; then the buffer the skip term was in
         # Every step's renoising term, drawn now in the order diffusers draws (after latents and
         # labels, one per step) while the caches are warm. One-step sampling draws none.
-        terms = self.renoising_terms(plan, sample.shape, noise, source) if n > 1 else None
+        terms = self.renoising_terms(arrays, sample.shape, noise, source) if len(plan) > 1 else None
         for i, k in enumerate(plan):
             skip = cm.before_unet(sample, k, scaled)
             model_output = self.backend.run(scaled, ts[i], labels)
-            # write into the backend's output when it is a fresh array of ours, else into the spare buffer
-            owned = model_output.flags.writeable and model_output.flags.owndata and model_output.dtype == np.float32
-            denoised = cm.after_unet(model_output, skip, k, cfg, out=model_output if owned else spare,
-                                     noise_term=None if terms is None else terms[i])
+            denoised = cm.after_unet(model_output, skip, k, cfg, spare, None if terms is None else terms[i])
             spare, sample = skip, denoised
             if callback is not None and i % callback_steps == 0:
                 callback(i, float(schedule.timesteps[i]), sample.copy())  # a copy: the loop reuses its buffers

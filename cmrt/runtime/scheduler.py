@@ -198,6 +198,11 @@ def step_constants(schedule: Schedule, cfg: SchedulerConfig) -> tuple[StepConsta
 # in-place operations remain. No function here allocates; the float32 operations and their
 # order are diffusers', so results are bit-identical to the one-shot formulas.
 
+# Positional `out` and prebuilt bounds: with cold caches every keyword parsed and every scalar
+# built costs microseconds (`python -m benchmarks.host_overhead` compares the two forms).
+_divide, _multiply, _add = np.divide, np.multiply, np.add
+_MINUS_ONE, _ONE = np.float32(-1.0), np.float32(1.0)
+
 try:  # the clip ufunc itself: np.clip's Python wrapper costs ~10 us more when the caches are cold
     from numpy._core.umath import clip as clip_ufunc  # numpy >= 2
 except ImportError:  # numpy 1.x
@@ -206,27 +211,55 @@ except ImportError:  # numpy 1.x
 
 def before_unet(sample: np.ndarray, k: StepConstants, scaled: np.ndarray) -> np.ndarray:
     """Write the UNet input sample / divisor into `scaled`, then turn `sample` into the skip term c_skip * x."""
-    np.divide(sample, k.divisor, out=scaled)
-    np.multiply(sample, k.c_skip, out=sample)
+    _divide(sample, k.divisor, scaled)
+    _multiply(sample, k.c_skip, sample)
     return sample
 
 
 def scale_noise(z: np.ndarray, k: StepConstants, cfg: SchedulerConfig) -> np.ndarray:
     """z -> (z * s_noise) * sqrt(clamp(sigma_next)^2 - sigma_min^2), in place: the renoising term."""
-    np.multiply(z, np.float32(cfg.s_noise), out=z)
-    z *= k.noise_coef
+    if cfg.s_noise != 1.0:  # z * 1 is z exactly: skipping it changes no bit
+        _multiply(z, np.float32(cfg.s_noise), z)
+    _multiply(z, k.noise_coef, z)
     return z
+
+
+def scale_noises(terms: np.ndarray, arrays: "StepArrays", cfg: SchedulerConfig) -> np.ndarray:
+    """`scale_noise` for every step at once (terms is [steps, B, C, H, W]): two operations, not two per step.
+    Element by element the same float32 products in the same order, so the same bits."""
+    if cfg.s_noise != 1.0:
+        _multiply(terms, np.float32(cfg.s_noise), terms)
+    _multiply(terms, arrays.noise_coefs, terms)
+    return terms
+
+
+@dataclass(frozen=True)
+class StepArrays:
+    """The arrays one plan needs at one batch size, built once and reused by every call
+    (read-only, so concurrent calls can share them): the UNet's timestep input per step,
+    and the noise coefficients shaped to scale all steps' renoising terms in one operation."""
+
+    timesteps: tuple[np.ndarray, ...]  # float32 [B] per step
+    noise_coefs: np.ndarray  # float32 [steps, 1, 1, 1, 1]
+
+
+def step_arrays(plan: Sequence[StepConstants], batch_size: int) -> StepArrays:
+    ts = tuple(np.full((batch_size,), k.t, dtype=np.float32) for k in plan)
+    coefs = np.array([k.noise_coef for k in plan], dtype=np.float32).reshape(-1, 1, 1, 1, 1)
+    for a in (*ts, coefs):
+        a.setflags(write=False)
+    return StepArrays(timesteps=ts, noise_coefs=coefs)
 
 
 def after_unet(model_output: np.ndarray, skip: np.ndarray, k: StepConstants, cfg: SchedulerConfig,
                out: np.ndarray, noise_term: np.ndarray | None = None) -> np.ndarray:
     """out = clip(c_out * F + skip) (+ noise_term): the consistency step's end. `out` may be `model_output`."""
-    np.multiply(model_output, k.c_out, out=out)
-    out += skip
+    _multiply(model_output, k.c_out, out)
+    _add(out, skip, out)
     if cfg.clip_denoised:
-        clip_ufunc(out, np.float32(-1.0), np.float32(1.0), out=out)
+        clip_ufunc(out, _MINUS_ONE, _ONE, out)
     if noise_term is not None:
-        out += noise_term
+        _add(out, noise_term, out)
     return out
 
 
