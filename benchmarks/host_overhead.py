@@ -107,7 +107,7 @@ def main() -> None:
         for i in range(320):
             before()
             t1 = time.perf_counter()
-            cm.after_unet(x, skip, k, cfg, out)
+            cm.after_unet(x, skip, k, out, None, True)
             acc.append(time.perf_counter() - t1)
         print(f"post-UNet step work (3 in-place ops) after {what}: {np.median(acc[20:]) * 1e6:.1f} us")
 
@@ -118,7 +118,7 @@ def main() -> None:
         out += skip
         cm.clip_ufunc(out, np.float32(-1.0), np.float32(1.0), out=out)
 
-    forms = {"keyword form": keyword_form, "scheduler.after_unet": lambda o: cm.after_unet(o, skip, k, cfg, out)}
+    forms = {"keyword form": keyword_form, "scheduler.after_unet": lambda o: cm.after_unet(o, skip, k, out, None, True)}
     acc = {name: [] for name in forms}
     for i in range(400):
         for name, form in forms.items():

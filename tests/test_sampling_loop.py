@@ -11,20 +11,23 @@ from cmrt.runtime.postprocess import to_unit_range
 
 
 def fake_unet(sample, timestep, class_labels=None):
-    """A deterministic stand-in whose output depends on every input, so a mixed-up buffer shows."""
+    """A deterministic stand-in whose output depends on every input, so a mixed-up buffer shows;
+    large enough that the denoised sample leaves [-1, 1] and the clips matter."""
     label = 0.0 if class_labels is None else class_labels.astype(np.float32)[:, None, None, None] * 0.01
-    return (np.tanh(sample * np.float32(0.7)) + timestep[:, None, None, None] * np.float32(1e-3) + label).astype(np.float32)
+    return (np.float32(3) * np.tanh(sample * np.float32(0.7)) + timestep[:, None, None, None] * np.float32(1e-3) + label).astype(np.float32)
 
 
-def reference_images(pipe, latents, noise, schedule, labels):
-    cfg = pipe.scheduler_config
+def reference_samples(cfg, latents, noise, schedule, labels):
+    """The sample after each step, from the one-call scheduler functions."""
     x = latents * np.float32(cfg.init_noise_sigma)
+    samples = []
     for i in range(schedule.num_steps):
         sigma, sigma_next = schedule.sigmas[i], schedule.sigmas[i + 1]
         t = np.full((x.shape[0],), np.float32(schedule.timesteps[i]), np.float32)
         out = fake_unet(cm.scale_model_input(x, sigma, cfg), t, labels)
         x = cm.step(out, x, sigma, sigma_next, noise[i] if schedule.num_steps > 1 else None, cfg)
-    return to_unit_range(x)
+        samples.append(x)
+    return samples
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +47,18 @@ def test_loop_is_bit_identical_to_chained_steps(engine_dir, s_noise, timesteps):
     noise = [rng.standard_normal(shape, dtype=np.float32) for _ in timesteps]
     labels = np.array([1, 4, 9])
     kept = [z.copy() for z in noise]
+    cfg, schedule = pipe.scheduler_config, pipe.schedule(None, timesteps)
+    ref = reference_samples(cfg, latents, noise, schedule, labels)
+    unclipped = reference_samples(dataclasses.replace(cfg, clip_denoised=False), latents, noise, schedule, labels)
+    assert not np.array_equal(ref[-1], unclipped[-1]), "the fake UNet should take samples out of [-1, 1]"
+    kw = dict(batch_size=3, class_labels=labels, timesteps=timesteps, latents=latents,
+              noise=noise if len(timesteps) > 1 else None, output_type="np")
     for _ in range(2):  # the second call reuses the cached per-plan arrays
-        images = pipe(batch_size=3, class_labels=labels, timesteps=timesteps, latents=latents,
-                      noise=noise if len(timesteps) > 1 else None, output_type="np").images
-        ref = reference_images(pipe, latents, noise, pipe.schedule(None, timesteps), labels)
-        np.testing.assert_array_equal(images, ref)
+        np.testing.assert_array_equal(pipe(**kw).images, to_unit_range(ref[-1]))
+    seen = []  # with a callback, too, and it sees every step's sample
+    images = pipe(**kw, callback=lambda i, t, x: seen.append(x)).images
+    np.testing.assert_array_equal(images, to_unit_range(ref[-1]))
+    assert len(seen) == len(ref) and all(np.array_equal(a, b) for a, b in zip(seen, ref))
     assert all(np.array_equal(a, b) for a, b in zip(noise, kept)), "the caller's noise arrays were written"
 
 
@@ -73,3 +83,4 @@ def test_step_arrays_are_shared_and_read_only(engine_dir):
     assert arrays.noise_coefs.reshape(-1).tolist() == [k.noise_coef for k in plan]
     for a in (*arrays.timesteps, arrays.noise_coefs):
         assert a.dtype == np.float32 and not a.flags.writeable
+

@@ -250,11 +250,17 @@ class Pipeline(EditingMixin):
         spare = np.empty_like(sample)  # each step's output; then the buffer the skip term was in
         # Every step's renoising term, drawn now in the order diffusers draws (after latents and
         # labels, one per step) while the caches are warm. One-step sampling draws none.
-        terms = self.renoising_terms(arrays, sample.shape, noise, source) if len(plan) > 1 else None
+        last = len(plan) - 1
+        terms = self.renoising_terms(arrays, sample.shape, noise, source) if last else None
+        # One step, nobody watching: postprocessing's clip of x / 2 + 0.5 to [0, 1] gives the same
+        # bits as clipping x to [-1, 1] first, so that clip is skipped. (With more steps the last
+        # one adds noise after its clip, which must stay.)
+        clip, clip_last = cfg.clip_denoised, cfg.clip_denoised and (last > 0 or callback is not None)
         for i, k in enumerate(plan):
             skip = cm.before_unet(sample, k, scaled)
             model_output = self.backend.run(scaled, ts[i], labels)
-            denoised = cm.after_unet(model_output, skip, k, cfg, spare, None if terms is None else terms[i])
+            denoised = cm.after_unet(model_output, skip, k, spare, None if terms is None else terms[i],
+                                     clip if i < last else clip_last)
             spare, sample = skip, denoised
             if callback is not None and i % callback_steps == 0:
                 callback(i, float(schedule.timesteps[i]), sample.copy())  # a copy: the loop reuses its buffers

@@ -193,10 +193,10 @@ def step_constants(schedule: Schedule, cfg: SchedulerConfig) -> tuple[StepConsta
 # The sampling loop splits each step around the UNet call: everything that does not need the
 # UNet's output (input scaling, the skip term, the scaled noise) is done before it, so that
 # after the call, when the UNet has evicted the host's caches (the first numpy operation then
-# costs 40-60 us on the 2-core benchmark machine instead of 2, `python -m
-# benchmarks.host_overhead`), only three or four
-# in-place operations remain. No function here allocates; the float32 operations and their
-# order are diffusers', so results are bit-identical to the one-shot formulas.
+# costs 10-40 us on the 2-core benchmark machine instead of 1.5, `python -m
+# benchmarks.host_overhead`), only two to four in-place operations remain. No function here
+# allocates; the float32 operations and their order are diffusers', so results are
+# bit-identical to the one-shot formulas.
 
 # Positional `out` and prebuilt bounds: with cold caches every keyword parsed and every scalar
 # built costs microseconds (`python -m benchmarks.host_overhead` compares the two forms).
@@ -251,12 +251,13 @@ def step_arrays(plan: Sequence[StepConstants], batch_size: int) -> StepArrays:
     return StepArrays(timesteps=ts, noise_coefs=coefs)
 
 
-def after_unet(model_output: np.ndarray, skip: np.ndarray, k: StepConstants, cfg: SchedulerConfig,
-               out: np.ndarray, noise_term: np.ndarray | None = None) -> np.ndarray:
-    """out = clip(c_out * F + skip) (+ noise_term): the consistency step's end. `out` may be `model_output`."""
+def after_unet(model_output: np.ndarray, skip: np.ndarray, k: StepConstants, out: np.ndarray,
+               noise_term: np.ndarray | None, clip: bool) -> np.ndarray:
+    """out = clip(c_out * F + skip) (+ noise_term): the consistency step's end. `out` may be `model_output`.
+    `clip` is the config's clip_denoised, except where the caller knows a later clip subsumes it."""
     _multiply(model_output, k.c_out, out)
     _add(out, skip, out)
-    if cfg.clip_denoised:
+    if clip:
         clip_ufunc(out, _MINUS_ONE, _ONE, out)
     if noise_term is not None:
         _add(out, noise_term, out)
@@ -275,7 +276,7 @@ def _fresh_step(model_output, sample, noise, k: StepConstants, cfg: SchedulerCon
     mo = np.asarray(model_output, dtype=np.float32)
     skip = np.multiply(np.asarray(sample, dtype=np.float32), k.c_skip)
     term = None if noise is None else scale_noise(np.array(noise, dtype=np.float32), k, cfg)
-    return after_unet(mo, skip, k, cfg, out=np.empty_like(mo), noise_term=term)
+    return after_unet(mo, skip, k, np.empty_like(mo), term, cfg.clip_denoised)
 
 
 def step(
