@@ -31,6 +31,15 @@ def rows(result: dict) -> list[dict]:
     return out
 
 
+def per_step_times(samples: dict, steps: int) -> tuple[float, float] | None:
+    """(UNet ms, outside-UNet us) per step, medians over the calls in `samples` (its unet_s and
+    loop_s lists); the share depends on how fast the UNet ran, these say why."""
+    u, lp = np.asarray(samples.get("unet_s") or [], float), np.asarray(samples.get("loop_s") or [], float)
+    if u.size == 0 or u.size != lp.size or not (np.isfinite(u).all() and (lp > 0).all()):
+        return None
+    return float(np.median(u)) / steps * 1e3, float(np.median(lp - u)) / steps * 1e6
+
+
 def fmt_row(r: dict) -> list[str]:
     lat = r["latency"]
     pct = lambda v: "n/a" if v is None or not np.isfinite(v) else f"{100 * v:.1f}%"  # noqa: E731
@@ -87,6 +96,14 @@ def markdown(result: dict, plot_name: str | None) -> str:
               "convolutions with fewer multiplications (cmrt's Winograd CPU graph) shows an effective rate above 100%")
     md += ["", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     md += ["| " + " | ".join(fmt_row(r)) + " |" for r in rows(result)]
+    timed = [(r, per_step_times(r, r["steps"]), per_step_times(r.get("back_to_back") or {}, r["steps"]))
+             for r in rows(result)]
+    timed = [t for t in timed if t[1] or t[2]]
+    if timed:
+        fmt = lambda t: "n/a" if t is None else f"{t[0]:.2f} ms / {t[1]:.0f} us"  # noqa: E731
+        md += ["", "## Per step: UNet call and time outside it (medians)", "",
+               "| system | batch | steps | interleaved: UNet / outside | back-to-back: UNet / outside |", "|---|---|---|---|---|"]
+        md += [f"| {r['system']} | {r['batch']} | {r['steps']} | {fmt(i)} | {fmt(b)} |" for r, i, b in timed]
     if result.get("cold_start"):
         md += ["", "## Cold start (new process, batch 1, 1 step)", "",
                "| system | interpreter s | import s | load s | first call s | process to first image s | peak RSS MB (batch) |",
