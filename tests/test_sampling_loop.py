@@ -79,6 +79,8 @@ def test_step_arrays_are_shared_and_read_only(engine_dir):
     plan = pipe.step_plan(pipe.schedule(None, [39, 20, 3]))
     arrays = pipe.step_arrays(plan, 2)
     assert pipe.step_arrays(plan, 2) is arrays and pipe.step_arrays(plan, 3) is not arrays
+    other = tuple(list(plan))  # an equal plan, another object: never handed the first one's cache entry
+    assert pipe.step_arrays(other, 2) is not arrays
     assert [a.tolist() for a in arrays.timesteps] == [[k.t, k.t] for k in plan]
     assert arrays.noise_coefs.reshape(-1).tolist() == [k.noise_coef for k in plan]
     for a in (*arrays.timesteps, arrays.noise_coefs):

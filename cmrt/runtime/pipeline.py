@@ -45,7 +45,7 @@ class Pipeline(EditingMixin):
         self.scheduler_config = cm.SchedulerConfig.from_dict(manifest.scheduler_config)
         self._shape_chw = (manifest.in_channels, manifest.sample_size, manifest.sample_size)
         self._plans: dict[bytes, tuple[cm.StepConstants, ...]] = {}
-        self._step_arrays: dict[tuple[int, int], cm.StepArrays] = {}
+        self._step_arrays: dict[tuple[int, int], tuple[tuple[cm.StepConstants, ...], cm.StepArrays]] = {}
         self._schedules: dict[tuple, cm.Schedule] = {}
 
     def __repr__(self) -> str:
@@ -109,12 +109,13 @@ class Pipeline(EditingMixin):
     def step_arrays(self, plan: tuple[cm.StepConstants, ...], batch_size: int) -> cm.StepArrays:
         """Timestep inputs and noise coefficients for (plan, batch size), built once: the loop then
         allocates nothing but its two buffers."""
-        key = (id(plan), batch_size)  # plans live as long as the pipeline (see step_plan)
-        arrays = self._step_arrays.get(key)
-        if arrays is None:
-            arrays = cm.step_arrays(plan, batch_size)
-            if len(self._step_arrays) < 1024:
-                self._step_arrays[key] = arrays
+        key = (id(plan), batch_size)
+        entry = self._step_arrays.get(key)  # the entry holds its plan, so that id cannot be reused
+        if entry is not None and entry[0] is plan:
+            return entry[1]
+        arrays = cm.step_arrays(plan, batch_size)
+        if len(self._step_arrays) < 1024:
+            self._step_arrays[key] = (plan, arrays)
         return arrays
 
     def check_latents(self, latents: Any, batch_size: int) -> np.ndarray:
