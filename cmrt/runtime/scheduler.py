@@ -225,7 +225,7 @@ def scale_noise(z: np.ndarray, k: StepConstants, cfg: SchedulerConfig) -> np.nda
 
 
 def scale_noises(terms: np.ndarray, arrays: "StepArrays", cfg: SchedulerConfig) -> np.ndarray:
-    """`scale_noise` for every step at once (terms is [steps, B, C, H, W]): two operations, not two per step.
+    """`scale_noise` for every step at once (terms is [steps, B, C, H, W]): at most two operations in all.
     Element by element the same float32 products in the same order, so the same bits."""
     if cfg.s_noise != 1.0:
         _multiply(terms, np.float32(cfg.s_noise), terms)
