@@ -61,7 +61,7 @@ def main() -> None:
               f"{in_loop / 300 / steps * 1e6:.0f} us per step ({100 * in_loop / clock.loop_seconds:.1f}% of the loop)")
 
     m = pipe.manifest
-    cfg = cm.SchedulerConfig.from_dict(m.scheduler_config)
+    cfg = pipe.scheduler_config
     k = cm.step_constants(cm.make_schedule(cfg, num_inference_steps=1), cfg)[0]
     s = m.sample_size
     x = np.random.default_rng(0).standard_normal((1, m.in_channels, s, s), dtype=np.float32) / k.divisor

@@ -180,8 +180,8 @@ def test_always_keeps_a_validated_winograd_graph_that_shares_the_weights(wide_mo
     assert rec["validation"]["max_abs_error"] <= 1e-4
     assert rec["file"] in m.data["files"] and m.data["onnx"]["fp32"]["external_data"] in m.data["files"]
     assert (m.folder / rec["file"]).stat().st_size < 1_000_000  # graph only: no second copy of the weights
-    assert m.cpu_onnx_path("fp32") == m.folder / rec["file"]
-    assert m.cpu_onnx_path("fp32", winograd=False) == m.onnx_path("fp32")
+    assert m.cpu_graph("fp32")[0] == m.folder / rec["file"]
+    assert m.cpu_graph("fp32", winograd=False)[0] == m.onnx_path("fp32")
 
 
 def test_a_weight_file_that_does_not_match_the_manifest_is_refused(wide_model, tmp_path):
@@ -220,7 +220,7 @@ def test_never_builds_no_winograd_graph_and_asking_for_one_says_how_to_get_it(wi
     with pytest.raises(EngineFolderError, match="--winograd always"):
         cmrt.load(engine, backend="onnxruntime", device="cpu", winograd=True)
     with pytest.raises(TypeError, match="winograd"):
-        m.cpu_onnx_path("fp32", winograd="yes")
+        m.cpu_graph("fp32", winograd="yes")
 
 
 def test_auto_records_the_timing_behind_its_choice(wide_model):

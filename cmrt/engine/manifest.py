@@ -103,9 +103,6 @@ class Manifest:
         """The fp32 entry's Winograd CPU-graph record (see engine/cpu_graph.py), or None."""
         return self.data["onnx"].get("fp32", {}).get("winograd")
 
-    def cpu_onnx_path(self, precision: str, winograd: bool | None = None) -> Path:
-        return self.cpu_graph(precision, winograd)[0]
-
     def cpu_graph(self, precision: str, winograd: bool | None = None) -> tuple[Path, dict[str, Any] | None]:
         """The graph ONNX Runtime runs on the CPU, and its Winograd record when it is the Winograd one.
 

@@ -155,10 +155,7 @@ def _open_openvino(manifest: Manifest, device: str, precision: str | None, threa
 
     if device not in ("auto", "cpu"):
         raise ValueError(f"the OpenVINO backend runs on the CPU; got device={device!r}")
-    precision = precision or "fp32"
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision for backend='openvino' must be 'fp32' or 'bf16', got {precision!r}")
-    return OpenVINOBackend(manifest.onnx_path("fp32"), precision=precision, threads=threads)
+    return OpenVINOBackend(manifest.onnx_path("fp32"), precision=precision or "fp32", threads=threads)
 
 
 def _open_tensorrt(manifest: Manifest, sel: Selection, trt_options, use_cuda_graph: bool):

@@ -180,7 +180,7 @@ class Pipeline(EditingMixin):
                 np.copyto(terms[i], z)  # the caller's arrays are never written
         else:
             source.normals_into(terms)  # one draw per step, in order
-        return cm.scale_noises(terms, arrays, self.scheduler_config)
+        return cm.scale_noise(terms, arrays.noise_coefs, self.scheduler_config)
 
     # --- step 5: output ----------------------------------------------------------------------
     def postprocess_image(self, sample: np.ndarray, output_type: str, scratch: bool = False):

@@ -216,21 +216,14 @@ def before_unet(sample: np.ndarray, k: StepConstants, scaled: np.ndarray) -> np.
     return sample
 
 
-def scale_noise(z: np.ndarray, k: StepConstants, cfg: SchedulerConfig) -> np.ndarray:
-    """z -> (z * s_noise) * sqrt(clamp(sigma_next)^2 - sigma_min^2), in place: the renoising term."""
+def scale_noise(z: np.ndarray, coef: np.float32 | np.ndarray, cfg: SchedulerConfig) -> np.ndarray:
+    """z -> (z * s_noise) * coef in place, coef = sqrt(clamp(sigma_next)^2 - sigma_min^2): the renoising
+    term. `coef` may be one step's scalar, or `StepArrays.noise_coefs` to scale every step's term
+    ([steps, B, C, H, W]) at once: element by element the same float32 products, so the same bits."""
     if cfg.s_noise != 1.0:  # z * 1 is z exactly: skipping it changes no bit
         _multiply(z, np.float32(cfg.s_noise), z)
-    _multiply(z, k.noise_coef, z)
+    _multiply(z, coef, z)
     return z
-
-
-def scale_noises(terms: np.ndarray, arrays: "StepArrays", cfg: SchedulerConfig) -> np.ndarray:
-    """`scale_noise` for every step at once (terms is [steps, B, C, H, W]): at most two operations in all.
-    Element by element the same float32 products in the same order, so the same bits."""
-    if cfg.s_noise != 1.0:
-        _multiply(terms, np.float32(cfg.s_noise), terms)
-    _multiply(terms, arrays.noise_coefs, terms)
-    return terms
 
 
 @dataclass(frozen=True)
@@ -275,7 +268,7 @@ def _fresh_step(model_output, sample, noise, k: StepConstants, cfg: SchedulerCon
     """after_unet on copies: the one-call functions leave their arguments untouched."""
     mo = np.asarray(model_output, dtype=np.float32)
     skip = np.multiply(np.asarray(sample, dtype=np.float32), k.c_skip)
-    term = None if noise is None else scale_noise(np.array(noise, dtype=np.float32), k, cfg)
+    term = None if noise is None else scale_noise(np.array(noise, dtype=np.float32), k.noise_coef, cfg)
     return after_unet(mo, skip, k, np.empty_like(mo), term, cfg.clip_denoised)
 
 

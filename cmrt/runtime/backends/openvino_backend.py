@@ -19,29 +19,32 @@ logger = logging.getLogger(__name__)
 PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 
 
+def _cpu_has_bf16(core) -> bool:
+    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 def bf16_supported() -> bool:
     try:
         import openvino as ov
     except ImportError:
         return False
-    caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    return "BF16" in caps
+    return _cpu_has_bf16(ov.Core())
 
 
 class OpenVINOBackend:
     """One compiled model and one infer request, created once; dynamic batch."""
 
     def __init__(self, onnx_path: str | os.PathLike, precision: str = "fp32", threads: int | None = None):
+        if precision not in PRECISIONS:  # checked before the import: a bad argument is a ValueError either way
+            raise ValueError(f"precision for the OpenVINO backend must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be a positive integer, got {threads!r}")
         try:
             import openvino as ov
         except ImportError as e:
             raise ImportError("the OpenVINO backend needs openvino: `pip install 'cmrt[openvino]'`") from e
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision for the OpenVINO backend must be one of {sorted(PRECISIONS)}, got {precision!r}")
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"threads must be a positive integer, got {threads!r}")
         core = ov.Core()
-        if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        if precision == "bf16" and not _cpu_has_bf16(core):
             raise RuntimeError("precision='bf16' needs a CPU with bf16 instructions (AVX512_BF16 or AMX); use 'fp32'")
         from .onnxruntime_backend import physical_cores
 
