@@ -17,7 +17,8 @@ def main() -> None:
     import torch
 
     import cmrt
-    from cmrt.engine.build import BuildOptions, build_engine_folder
+    from cmrt.build.folder import build_engine_folder
+    from cmrt.engine.options import BuildOptions
     from tests.models import save_small_model
 
     logging.basicConfig(level=logging.WARNING)

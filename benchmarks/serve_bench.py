@@ -6,7 +6,7 @@ Each request is one image (batch 1, its own seed; class label `seed % classes`).
 `concurrency` threads call one `Pipeline` (`pipe(seed=s, ...)`, no batching); the
 "in-process, batched" rows make one call for `concurrency` images, the best a caller can
 do by batching by hand. Through the server, `concurrency` clients each send one request at
-a time over HTTP (cmrt.client, binary tensors) and Triton's dynamic batcher merges them.
+a time over HTTP (cmrt.serve.client, binary tensors) and Triton's dynamic batcher merges them.
 The server runs in a private loopback-only network namespace (`unshare -rn`) where the
 machine allows it, else on 127.0.0.1; one tritonserver at a time (a lock file).
 Writes `OUT.json` and `OUT.md` (default benchmarks/results/serve_bench).
@@ -67,7 +67,7 @@ def closed_loop(call, concurrency: int, n: int) -> tuple[list[float], float]:
 
 def run(args) -> dict:
     import cmrt
-    from cmrt.client import Client, model_metric, read_metrics
+    from cmrt.serve.client import Client, model_metric, read_metrics
     from cmrt.runtime.loading import find_engine_folder
     from cmrt.serve.handler import ServeSettings
     from cmrt.serve.server import ServeOptions, TritonServer

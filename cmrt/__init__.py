@@ -4,7 +4,7 @@
     pipe = cmrt.load("engines/cd_imagenet64_l2")   # built by `cmrt build cd_imagenet64_l2`
     image = pipe(timesteps=[22, 0], seed=0).images[0]
 """
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = ["Pipeline", "PipelineOutput", "__version__", "generate", "load"]
 

@@ -4,7 +4,7 @@
 Loads ``--model`` with ``diffusers.ConsistencyModelPipeline.from_pretrained``,
 generates ``--num-samples`` images at 1 step and at 2 steps, once with labels
 balanced over the 10 classes and once with uniformly random labels (fixed
-seeds), scores them with ``cmrt.quality.digits.score_samples`` (an SVC trained
+seeds), scores them with ``benchmarks.quality.digits.score_samples`` (an SVC trained
 only on the held-out digits) and prints JSON.
 
 2-step sampling uses explicit scheduler timesteps ``[k, 0]`` (indices into the
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     from diffusers import ConsistencyModelPipeline
     from diffusers.utils import logging as dlogging
 
-    from cmrt.quality.digits import classifier_report, score_samples
+    from benchmarks.quality.digits import classifier_report, score_samples
 
     dlogging.set_verbosity_error()
     torch.set_num_threads(args.threads)
@@ -106,7 +106,8 @@ def main(argv=None) -> int:
         runtimes["diffusers"] = lambda labels, **kw: generate(pipe, labels, args.batch_size, args.seed, **kw)
     if args.runtime in ("cmrt", "both"):
         import cmrt
-        from cmrt.engine.build import BuildOptions, build_engine_folder
+        from cmrt.build.folder import build_engine_folder
+        from cmrt.engine.options import BuildOptions
 
         engine = build_engine_folder(args.model, out=os.path.join(REPO_ROOT, "engines", "digits-quality"),
                                      options=BuildOptions(precisions=("fp32",), max_batch=max(16, args.batch_size)))

@@ -19,7 +19,7 @@ for training consistency models"), shortened for a CPU budget of minutes:
   and f = c_skip(sigma) * x + c_out(sigma) * F with the boundary-condition
   scalings (sigma - sigma_min).
 
-Data: the "train" part of the fixed split in ``cmrt.quality.digits`` (the
+Data: the "train" part of the fixed split in ``benchmarks.quality.digits`` (the
 held-out part trains the independent judging classifier), nearest-upscaled to
 ``--sample-size``, gray replicated in 3 channels, in [-1, 1].
 
@@ -63,7 +63,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from cmrt.quality.digits import (  # noqa: E402
+from benchmarks.quality.digits import (  # noqa: E402
     DIGITS_HOLDOUT_FRACTION,
     DIGITS_SPLIT_SEED,
     digits_to_images,

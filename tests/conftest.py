@@ -34,9 +34,10 @@ def pytest_collection_modifyitems(config, items):
 def small_models(tmp_path_factory):
     """Two small diffusers folders (class-conditional and unconditional) and their fp32 engine folders."""
     pytest.importorskip("torch")
-    from cmrt.engine.build import BuildOptions, build_engine_folder
+    from cmrt.build.folder import build_engine_folder
+    from cmrt.engine.options import BuildOptions
 
-    from .models import save_small_model
+    from tests.models import save_small_model
 
     root = tmp_path_factory.mktemp("small-models")
     out = {}

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from cmrt.registry import DEFAULT_MODEL
+    from cmrt.engine.models import DEFAULT_MODEL
 
     p = argparse.ArgumentParser(prog="cmrt bench", description=__doc__)
     g = p.add_mutually_exclusive_group()
@@ -62,13 +62,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 def model_folders(args) -> tuple[str, str, Path]:
     """(display name, slug, diffusers folder) of the model under test."""
     if args.arch:
-        from cmrt.export.architectures import random_weight_folder
-        from cmrt.export.builtin import cache_root
+        from cmrt.build.architectures import random_weight_folder
+        from cmrt.engine.paths import cache_root
 
         folder = random_weight_folder(args.arch, cache_root() / "models" / f"arch-{args.arch}-random")
         return f"{args.arch} architecture (random weights)", f"arch-{args.arch}", folder
-    from cmrt.export.loading import model_folder
-    from cmrt.registry import resolve_model
+    from cmrt.build.checkpoints import model_folder
+    from cmrt.engine.models import resolve_model
 
     source = resolve_model(args.model)
     folder, _ = model_folder(source)
@@ -76,9 +76,9 @@ def model_folders(args) -> tuple[str, str, Path]:
 
 
 def gpu_present() -> bool:
-    from cmrt.runtime.backends.onnxruntime_backend import available_providers
+    from cmrt.runtime.backends.probe import probe_environment
 
-    return "CUDAExecutionProvider" in available_providers()
+    return probe_environment().has_gpu
 
 
 def make_systems(folder: Path, engine: Path, args, notes: list[str]):
@@ -219,7 +219,7 @@ def measure_cold_start(engine: Path, folder: Path, batch: int) -> tuple[dict, fl
 
 
 def write_outputs(result: dict, out: Path) -> None:
-    from cmrt._atomic import write_bytes_atomic, write_json_atomic
+    from cmrt.engine.atomic import write_bytes_atomic, write_json_atomic
 
     write_json_atomic(out / "results.json", result)
     has_plot = report.plot(result, out / "latency.png")
@@ -244,7 +244,8 @@ def redo_cold_start(args, slug: str, folder: Path) -> int:
 def main(argv=None) -> int:
     from tqdm.auto import tqdm
 
-    from cmrt.engine.build import BuildOptions, build_engine_folder
+    from cmrt.build.folder import build_engine_folder
+    from cmrt.engine.options import BuildOptions
     from cmrt.engine.manifest import read_manifest
 
     args = parse_args(argv)

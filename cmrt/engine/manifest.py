@@ -13,15 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import EngineFolderError
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST_NAME", "EngineFolderError", "Manifest", "file_record", "read_manifest", "sha256_file"]
+
 MANIFEST_NAME = "manifest.json"
 FORMAT = "cmrt-engine"
 FORMAT_VERSION = 1
 
 _HASH_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-class EngineFolderError(ValueError):
-    """An engine folder is missing, incomplete, tampered with, or from an incompatible cmrt."""
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
@@ -83,6 +83,39 @@ class Manifest:
         return int(self.data["build_options"]["max_batch"])
 
     @property
+    def opt_batch(self) -> int:
+        return int(self.data["build_options"]["opt_batch"])
+
+    @property
+    def build_options(self) -> dict[str, Any]:
+        return dict(self.data["build_options"])
+
+    @property
+    def unet(self) -> dict[str, Any]:
+        """The UNet's facts (sample size, channels, classes, parameters, ...)."""
+        return dict(self.data["unet"])
+
+    @property
+    def files(self) -> dict[str, dict[str, Any]]:
+        """Every file of the folder with its size and SHA-256."""
+        return dict(self.data["files"])
+
+    @property
+    def tools(self) -> dict[str, str]:
+        return dict(self.data["tools"])
+
+    @property
+    def tensorrt(self) -> dict[str, Any] | None:
+        """The folder's TensorRT engine entry (see cmrt.engine.tensorrt), or None."""
+        entry = self.data.get("tensorrt")
+        return dict(entry) if entry else None
+
+    def onnx_entry(self, precision: str) -> dict[str, Any]:
+        """The manifest's record of the `precision` ONNX graph (file, opset, I/O, validation)."""
+        self.onnx_path(precision)  # the error for a precision the folder does not have
+        return dict(self.data["onnx"][precision])
+
+    @property
     def source(self) -> dict[str, Any]:
         return dict(self.data["source"])
 
@@ -124,7 +157,7 @@ class Manifest:
         return self.onnx_path(precision), None
 
     def io_spec(self, precision: str) -> dict[str, Any]:
-        entry = self.data["onnx"][precision]
+        entry = self.onnx_entry(precision)
         return {"inputs": entry["inputs"], "outputs": entry["outputs"]}
 
 

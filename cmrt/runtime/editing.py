@@ -37,7 +37,8 @@ import numpy as np
 from . import scheduler as cm
 from .images import broadcast_batch, load_images, load_masks, to_model_space
 from .noise import make_noise_source
-from .postprocess import OUTPUT_TYPES, postprocess
+from .postprocess import OUTPUT_TYPES, PipelineOutput, postprocess
+from .sampling import consistency_fn, run_editing
 
 logger = logging.getLogger(__name__)
 
@@ -116,22 +117,6 @@ def editing_schedule(
     if "sigmas" in given:
         return schedule_from_sigmas(cfg, given["sigmas"])
     return cm.make_schedule(cfg, num_inference_steps=given.get("num_inference_steps"), timesteps=given.get("timesteps"))
-
-
-# --- the consistency function -------------------------------------------------------------
-def consistency_fn(
-    backend: Any, x: np.ndarray, sigma: np.float32, timestep: float, labels: np.ndarray | None, cfg: cm.SchedulerConfig
-) -> np.ndarray:
-    """x0 = clamp(f(x, sigma), -1, 1) with one UNet call: c_skip x + c_out F(c_in x, t(sigma)), in float32."""
-    if not isinstance(x, np.ndarray) or x.ndim != 4:
-        raise ValueError(f"x must be a numpy array [B, C, H, W], got {getattr(x, 'shape', type(x).__name__)}")
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    t = np.full((x.shape[0],), timestep, dtype=np.float32)
-    out = backend.run(np.ascontiguousarray(cm.scale_model_input(x, sigma, cfg)), t, labels)
-    x0 = cm.denoise(np.asarray(out, dtype=np.float32), x, sigma, cfg)
-    if not cfg.clip_denoised:  # the editing algorithms always clamp (Algorithm 4, openai's code)
-        np.clip(x0, -1.0, 1.0, out=x0)
-    return x0
 
 
 # --- what is kept -------------------------------------------------------------------------------
@@ -258,36 +243,7 @@ class KeepPatchMeans(Keep):
         return _fit_toward(blocks(y_kept), blocks(x), axes=(3, 5)).reshape(b, c, h, w)
 
 
-# --- Algorithm 4 -----------------------------------------------------------------------------
-def run_editing(
-    denoiser: Callable[[np.ndarray, int], np.ndarray],
-    schedule: cm.Schedule,
-    cfg: cm.SchedulerConfig,
-    start: np.ndarray,
-    latents: np.ndarray,
-    step_noise: Callable[[int], np.ndarray],
-    keep: Keep,
-    y_kept: np.ndarray,
-) -> np.ndarray:
-    """Algorithm 4 over `schedule`: x = start + sigma_1 z, then per step x0 = keep(denoiser(x, i)) and re-noise.
-
-    `denoiser(x, i)` is clamp(f(x, sigma_i)); `step_noise(i)` gives the standard normal that
-    re-noises after step i (called for i = 0 .. n-2, in order). Returns float32 [B, C, H, W].
-    """
-    if start.shape != latents.shape or start.shape != y_kept.shape:
-        raise ValueError(f"start {start.shape}, latents {latents.shape} and y_kept {y_kept.shape} must have one shape")
-    sigmas = schedule.sigmas
-    n = schedule.num_steps
-    x = (start + np.float32(sigmas[0]) * latents).astype(np.float32)
-    x0 = x
-    for i in range(n):
-        x0 = keep.replace(y_kept, denoiser(x, i))
-        if i + 1 < n:
-            z = step_noise(i)
-            x = (x0 + z * cm.noise_scale(sigmas[i + 1], cfg)).astype(np.float32)
-    return keep.finalize(y_kept, x0)
-
-
+# --- interpolation -----------------------------------------------------------------------------
 def slerp(z1: np.ndarray, z2: np.ndarray, alphas: Sequence[float]) -> np.ndarray:
     """Spherical interpolation of two noise tensors (same shape) -> float32 [len(alphas), *shape].
 
@@ -388,7 +344,7 @@ class EditingMixin:
         noise = self.check_noise(noise, schedule.num_steps - 1, batch_size, per="step after the first",
                                  why="this schedule re-noises {n} times (steps - 1)")
         source = make_noise_source(seed, generator, rng, batch_size)
-        shape = (batch_size, *self._shape_chw)
+        shape = (batch_size, *self.sample_shape)
         if latents is None:
             latents = source.normal(shape)
         if self.num_classes is not None and labels is None:
@@ -404,12 +360,7 @@ class EditingMixin:
         sample = run_editing(denoiser, schedule, cfg, start, latents, step_noise, keep, y_kept)
         source.finish()
         images = postprocess(sample, output_type)
-        return (images,) if not return_dict else self._output(images)
-
-    def _output(self, images: Any):
-        from .pipeline import PipelineOutput
-
-        return PipelineOutput(images=images)
+        return (images,) if not return_dict else PipelineOutput(images=images)
 
     def _default_steps(self) -> dict[str, Any]:
         return {"num_inference_steps": min(DEFAULT_EDIT_STEPS, self.scheduler_config.num_train_timesteps)}
@@ -589,15 +540,15 @@ class EditingMixin:
             raise ValueError(f"alphas has {b} values; this engine runs batches of {self.min_batch}..{self.max_batch}")
         _check_output(output_type, return_dict)
         schedule = self.schedule(num_inference_steps, timesteps)
-        endpoints = (2, *self._shape_chw)
+        endpoints = (2, *self.sample_shape)
         if latents is not None:
             if isinstance(latents, (list, tuple)):
                 if len(latents) != 2 or not all(isinstance(z, np.ndarray) for z in latents):
-                    raise TypeError(f"latents must be a pair of numpy arrays (z1, z2) of shape {self._shape_chw}")
+                    raise TypeError(f"latents must be a pair of numpy arrays (z1, z2) of shape {self.sample_shape}")
                 shapes = [z.shape[1:] if z.ndim == 4 and z.shape[0] == 1 else z.shape for z in latents]
-                if any(sh != self._shape_chw for sh in shapes):
-                    raise ValueError(f"latents z1, z2 have shapes {shapes}, expected {self._shape_chw} each")
-                latents = np.stack([z.reshape(self._shape_chw) for z in latents])
+                if any(sh != self.sample_shape for sh in shapes):
+                    raise ValueError(f"latents z1, z2 have shapes {shapes}, expected {self.sample_shape} each")
+                latents = np.stack([z.reshape(self.sample_shape) for z in latents])
             if not isinstance(latents, np.ndarray):
                 raise TypeError(f"latents must be a numpy array {endpoints} (z1, z2) or a pair of arrays, got {type(latents).__name__}")
             if latents.shape != endpoints:

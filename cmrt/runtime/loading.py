@@ -1,28 +1,42 @@
-"""`cmrt.load`: an engine folder (or a model name whose folder exists or can be built) to a Pipeline."""
+"""`cmrt.load`: an engine folder (or a model name whose folder exists or can be built) to a Pipeline.
+
+This is the run time's only door into build time, and it is lazy: `_build` imports
+`cmrt.build` when a model name has no engine folder yet, or when the folder's TensorRT
+engine must be (re)built for this GPU. Loading a built folder never imports it.
+"""
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
 
+from ..engine.errors import BackendUnavailableError
+from ..engine.io_spec import PRECISIONS
 from ..engine.manifest import MANIFEST_NAME, Manifest, read_manifest
-from .backends.onnxruntime_backend import OnnxRuntimeBackend
-from .backends.selection import (
-    BACKENDS,
-    DEVICES,
-    BackendUnavailableError,
-    Environment,
-    Selection,
-    probe_environment,
-    select_backend,
-)
+from ..engine.models import is_diffusers_folder, resolve_model
+from ..engine.paths import default_engine_dir
+from ..engine.tensorrt import TensorRTOptions
+from .backends.probe import Environment, probe_environment
+from .backends.selection import BACKENDS, DEVICES, Selection, select_backend
 from .pipeline import Pipeline
 
 logger = logging.getLogger(__name__)
 
 
-def engine_root() -> Path:
-    return Path(os.environ.get("CMRT_ENGINE_DIR", "engines"))
+def _build(what: str, *args, **kwargs):
+    """The door into build time: `cmrt.build.folder.build_engine_folder` or
+    `cmrt.build.tensorrt.ensure_tensorrt_engine`, imported on first use."""
+    try:
+        if what == "folder":
+            from ..build.folder import build_engine_folder as fn
+        else:
+            from ..build.tensorrt import ensure_tensorrt_engine as fn
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise ImportError(
+            f"building needs the export extra (`pip install 'cmrt[export]'`): {e}; or build the engine folder "
+            "elsewhere with `cmrt build` and copy it here"
+        ) from e
+    return fn(*args, **kwargs)
 
 
 def find_engine_folder(model_or_dir: str | os.PathLike) -> Path:
@@ -30,29 +44,20 @@ def find_engine_folder(model_or_dir: str | os.PathLike) -> Path:
     path = Path(model_or_dir).expanduser()
     if (path / MANIFEST_NAME).is_file():
         return path
-    from ..registry import is_diffusers_folder, resolve_model
-
     if path.is_dir() and not is_diffusers_folder(path):
         raise ValueError(f"{path} is neither an engine folder (no {MANIFEST_NAME}) nor a diffusers model folder")
     source = resolve_model(os.fspath(model_or_dir))  # raises ValueError for unknown names
-    folder = engine_root() / source.slug
+    folder = default_engine_dir(source.slug)
     if (folder / MANIFEST_NAME).is_file():
         return folder
-    try:
-        from ..engine.build import build_engine_folder
-    except ImportError as e:  # pragma: no cover - depends on the install
-        raise ImportError(
-            f"no engine folder for {model_or_dir!r} at {folder}, and building one needs the export extra "
-            f"(`pip install 'cmrt[export]'`); or run `cmrt build {model_or_dir} --out {folder}` elsewhere and copy it"
-        ) from e
     logger.info("no engine folder for %s yet; building %s", model_or_dir, folder)
-    return build_engine_folder(os.fspath(model_or_dir), out=folder)
+    return _build("folder", os.fspath(model_or_dir), out=folder)
 
 
 def choose_precision(manifest: Manifest, device: str, precision: str | None) -> str:
     if precision is not None:
-        if precision not in ("fp32", "fp16"):
-            raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         return precision
     # fp16 graphs only pay off where the hardware has fast fp16 (a GPU); on a CPU they are slower.
     if device == "cuda" and "fp16" in manifest.precisions:
@@ -74,23 +79,24 @@ def load(
 
     `backend`: "auto" (TensorRT where a GPU and TensorRT are present and the folder's engine
     is current or can be built from its ONNX; else ONNX Runtime on CUDA, else on the CPU),
-    "onnxruntime" or "tensorrt" (an error where it cannot run). `cmrt doctor` shows what
-    "auto" picks on this machine and why. `use_cuda_graph` applies to the GPU backends.
-    `winograd` applies to ONNX Runtime on the CPU: None runs the Winograd graph where the
-    build measured it faster, False the plain graph, True the Winograd graph or an error.
+    "onnxruntime", "tensorrt" (an error where it cannot run) or "openvino" (CPU; `precision`
+    "fp32" or, opt-in and approximate, "bf16"). `cmrt doctor` shows what "auto" picks on this
+    machine and why. `use_cuda_graph` applies to the GPU backends. `winograd` applies to ONNX
+    Runtime on the CPU: None runs the Winograd graph where the build measured it faster,
+    False the plain graph, True the Winograd graph or an error.
 
     `model_or_engine_dir` is an engine folder written by `cmrt build`, or a model name / hub
     id / diffusers folder, whose default engine folder (`$CMRT_ENGINE_DIR`, default
     ./engines) is used or built.
     """
-    if backend not in BACKENDS + ("openvino",):
-        raise ValueError(f"backend must be one of {BACKENDS + ('openvino',)}, got {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     if not isinstance(model_or_engine_dir, (str, os.PathLike)):
         raise TypeError(f"model_or_engine_dir must be a path or model name, got {type(model_or_engine_dir).__name__}")
     folder = find_engine_folder(model_or_engine_dir)
     manifest = read_manifest(folder, verify=verify)
-    if backend == "openvino":
-        return Pipeline(manifest, _open_openvino(manifest, device, precision, threads))
     manifest, engine = open_backend(manifest, backend, device, precision, threads, use_cuda_graph, winograd)
     return Pipeline(manifest, engine)
 
@@ -108,21 +114,21 @@ def open_backend(
 
     The manifest is returned too because a TensorRT engine built or rebuilt here rewrites it.
     """
-    from ..engine.tensorrt_build import PRECISIONS, TensorRTOptions
-
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-    if precision is not None and precision not in ("fp32", "fp16"):
-        raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
-    trt_options = TensorRTOptions(precision=precision) if precision in PRECISIONS else None
-    # device='cpu' never needs the (slower) machine probe
-    env = probe_environment() if device != "cpu" else None
-    sel = select_backend(env or Environment(), backend, device, manifest.data, trt_options)
+    if backend != "openvino" and precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    trt_options = TensorRTOptions(precision=precision) if backend != "openvino" and precision else None
+    # device='cpu' never needs the (slower) machine probe, except to find OpenVINO
+    env = probe_environment() if device != "cpu" or backend == "openvino" else Environment()
+    sel = select_backend(env, backend, device, manifest.data, trt_options)
     if sel.fallback:
         logger.warning("%s; using ONNX Runtime on %s", sel.fallback, sel.device.upper() if sel.device == "cpu" else "CUDA")
     logger.info("backend %s on %s: %s", sel.backend, sel.device, sel.reason)
+    if sel.backend == "openvino":
+        return manifest, _open_openvino(manifest, precision, threads)
     if sel.backend == "tensorrt":
         try:
             return _open_tensorrt(manifest, sel, trt_options, use_cuda_graph)
@@ -139,34 +145,33 @@ def open_backend(
             manifest.onnx_path(prec), use_cuda_graph=use_cuda_graph, min_batch=manifest.min_batch, max_batch=manifest.max_batch
         )
     else:
+        from .backends.onnxruntime_backend import OnnxRuntimeBackend
+
         path, wino = manifest.cpu_graph(prec, winograd)
         extra = None
-        if wino and wino.get("filters"):  # folders built before recipe 3 fold the filters in the graph
-            from ..winograd_transforms import filters_from_weight_file
+        if wino and wino.get("filters"):
+            from ..engine.winograd import filters_from_weight_file
 
             extra = filters_from_weight_file(manifest.folder, wino)
-        engine = OnnxRuntimeBackend(path, device="cpu", threads=threads, extra_inputs=extra)
+        engine = OnnxRuntimeBackend(path, threads=threads, extra_inputs=extra)
     return manifest, engine
 
 
-def _open_openvino(manifest: Manifest, device: str, precision: str | None, threads: int | None):
+def _open_openvino(manifest: Manifest, precision: str | None, threads: int | None):
     """OpenVINO on the CPU, from the fp32 ONNX; precision 'fp32' (default) or 'bf16' (opt-in, approximate)."""
     from .backends.openvino_backend import OpenVINOBackend
 
-    if device not in ("auto", "cpu"):
-        raise ValueError(f"the OpenVINO backend runs on the CPU; got device={device!r}")
     return OpenVINOBackend(manifest.onnx_path("fp32"), precision=precision or "fp32", threads=threads)
 
 
 def _open_tensorrt(manifest: Manifest, sel: Selection, trt_options, use_cuda_graph: bool):
-    from ..engine.tensorrt_build import ENTRY_KEY, ensure_tensorrt_engine
     from .backends.tensorrt_backend import TensorRTBackend
 
     if sel.engine_action in ("build", "rebuild"):
         logger.warning("%s: %s; building its TensorRT engine now (once; it is stored in the folder)", manifest.folder, sel.engine_reason)
-        ensure_tensorrt_engine(manifest.folder, trt_options)
+        _build("tensorrt", manifest.folder, trt_options)
         manifest = read_manifest(manifest.folder, verify=True)
-    entry = manifest.data.get(ENTRY_KEY)
+    entry = manifest.tensorrt
     if not entry:
         raise BackendUnavailableError(f"{manifest.folder} has no TensorRT engine; build one with `cmrt build ... --backend tensorrt`")
     prof = entry["profile"]

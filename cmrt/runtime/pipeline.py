@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import numbers
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -18,16 +17,12 @@ from ..engine.manifest import Manifest
 from . import scheduler as cm
 from .editing import EditingMixin
 from .noise import make_noise_source
-from .postprocess import OUTPUT_TYPES, postprocess
+from .postprocess import OUTPUT_TYPES, PipelineOutput, postprocess
+from .sampling import multistep
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass
-class PipelineOutput:
-    """`images`: a list of PIL images, or float32 [B, H, W, 3] in [0, 1] for output_type='np'."""
-
-    images: Any
+__all__ = ["Pipeline", "PipelineOutput"]
 
 
 def _check_int(name: str, value: Any) -> int:
@@ -43,7 +38,7 @@ class Pipeline(EditingMixin):
         self.manifest = manifest
         self.backend = backend
         self.scheduler_config = cm.SchedulerConfig.from_dict(manifest.scheduler_config)
-        self._shape_chw = (manifest.in_channels, manifest.sample_size, manifest.sample_size)
+        self.sample_shape = (manifest.in_channels, manifest.sample_size, manifest.sample_size)  # [C, S, S]
         self._plans: dict[bytes, tuple[cm.StepConstants, ...]] = {}
         self._step_arrays: dict[tuple[int, int], tuple[tuple[cm.StepConstants, ...], cm.StepArrays]] = {}
         self._schedules: dict[tuple, cm.Schedule] = {}
@@ -120,8 +115,8 @@ class Pipeline(EditingMixin):
 
     def check_latents(self, latents: Any, batch_size: int) -> np.ndarray:
         if not isinstance(latents, np.ndarray):
-            raise TypeError(f"latents must be a numpy array of shape {(batch_size, *self._shape_chw)}, got {type(latents).__name__}")
-        expected = (batch_size, *self._shape_chw)
+            raise TypeError(f"latents must be a numpy array of shape {(batch_size, *self.sample_shape)}, got {type(latents).__name__}")
+        expected = (batch_size, *self.sample_shape)
         if latents.shape != expected:
             raise ValueError(f"latents has shape {latents.shape}, expected {expected} (batch_size, channels, size, size)")
         return latents.astype(np.float32, copy=False)
@@ -136,7 +131,7 @@ class Pipeline(EditingMixin):
             raise TypeError(f"noise must be a list with one standard-normal numpy array per {per}")
         if len(noise) != count:
             raise ValueError(f"noise has {len(noise)} arrays but {why.format(n=count)}")
-        expected = (batch_size, *self._shape_chw)
+        expected = (batch_size, *self.sample_shape)
         out = []
         for i, z in enumerate(noise):
             if not isinstance(z, np.ndarray) or z.shape != expected:
@@ -234,37 +229,31 @@ class Pipeline(EditingMixin):
 
         # 2. Prepare latents (x_T = sigma_max * z)
         if latents is None:
-            latents = source.normal((batch_size, *self._shape_chw))
+            latents = source.normal((batch_size, *self.sample_shape))
         sample = latents * np.float32(cfg.init_noise_sigma)
 
         # 3. Prepare class labels (drawn after the latents, as in diffusers)
         if self.num_classes is not None and labels is None:
             labels = source.labels(self.num_classes, batch_size)
 
-        # 4. Denoising loop. Buffers are made here, once per call, so the loop allocates nothing;
-        # `sample` is ours (never the caller's latents). Work that does not need the UNet's
-        # output is done before the call (see scheduler.before_unet for why).
+        # 4. Denoising loop (sampling.multistep). Work that does not need the UNet's output is
+        # done before each call (see scheduler.before_unet for why); every step's renoising term
+        # is drawn now, in the order diffusers draws (after latents and labels, one per step).
         plan = self.step_plan(schedule)
         arrays = self.step_arrays(plan, batch_size)
-        ts = arrays.timesteps
-        scaled = np.empty_like(sample)
-        spare = np.empty_like(sample)  # each step's output; then the buffer the skip term was in
-        # Every step's renoising term, drawn now in the order diffusers draws (after latents and
-        # labels, one per step) while the caches are warm. One-step sampling draws none.
         last = len(plan) - 1
         terms = self.renoising_terms(arrays, sample.shape, noise, source) if last else None
         # One step, nobody watching: postprocessing's clip of x / 2 + 0.5 to [0, 1] gives the same
         # bits as clipping x to [-1, 1] first, so that clip is skipped. (With more steps the last
         # one adds noise after its clip, which must stay.)
-        clip, clip_last = cfg.clip_denoised, cfg.clip_denoised and (last > 0 or callback is not None)
-        for i, k in enumerate(plan):
-            skip = cm.before_unet(sample, k, scaled)
-            model_output = self.backend.run(scaled, ts[i], labels)
-            denoised = cm.after_unet(model_output, skip, k, spare, None if terms is None else terms[i],
-                                     clip if i < last else clip_last)
-            spare, sample = skip, denoised
-            if callback is not None and i % callback_steps == 0:
-                callback(i, float(schedule.timesteps[i]), sample.copy())  # a copy: the loop reuses its buffers
+        clip = cfg.clip_denoised
+        on_step = None
+        if callback is not None:
+            def on_step(i: int, x: np.ndarray) -> None:
+                if i % callback_steps == 0:
+                    callback(i, float(schedule.timesteps[i]), x.copy())  # a copy: the loop reuses its buffers
+        sample = multistep(self.backend.run, sample, labels, plan, arrays, terms, clip,
+                           clip and (last > 0 or callback is not None), on_step)
 
         source.finish()
 

@@ -1,11 +1,21 @@
 """Model space [-1, 1] to user images, exactly as diffusers' `postprocess_image` does it."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 
 from .scheduler import clip_ufunc
 
 OUTPUT_TYPES = ("pil", "np")
+
+
+@dataclass
+class PipelineOutput:
+    """`images`: a list of PIL images, or float32 [B, H, W, 3] in [0, 1] for output_type='np'."""
+
+    images: Any
 
 
 def to_unit_range(sample: np.ndarray, scratch: bool = False) -> np.ndarray:

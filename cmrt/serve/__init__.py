@@ -4,7 +4,7 @@
   nvidia-pytriton ships (`pip install 'cmrt[serve]'`), one engine folder, model `cmrt`;
 - `cmrt triton-repo MODEL|DIR --out REPO`: `triton_repo.write_repository`, a model
   repository for the official Triton container;
-- `cmrt.client.Client`: a numpy-only HTTP client (gRPC through tritonclient).
+- `cmrt.serve.client.Client`: a numpy-only HTTP client (gRPC through tritonclient).
 
 Nothing here imports pytriton, tritonclient or torch at import time.
 """

@@ -35,8 +35,10 @@ UNET_MODEL_NAME = "cmrt_unet"
 TEMPLATE = Path(__file__).parent / "templates" / "model.py"
 UNETS = ("triton", "inprocess")
 KINDS = ("gpu", "cpu")
-# what the copied runtime needs: no torch, no export code
-VENDORED = ("__init__.py", "_atomic.py", "registry.py", "engine", "runtime", "serve")
+# The copied runtime: the package's own modules and whole subpackages (a generation needs nothing
+# else), never cmrt.build or cmrt.cli.
+VENDORED_MODULES = ("__init__.py", "_version.py")
+VENDORED_PACKAGES = ("engine", "runtime", "serve")
 TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
 
 
@@ -143,17 +145,14 @@ instance_group [ {{ count: 1 kind: {kind} }} ]
 
 
 def _copy_runtime(dst: Path) -> None:
+    """cmrt's torch-free runtime, as whole packages, so that the serving Python needs no cmrt install."""
     src = Path(__file__).resolve().parent.parent
     dst.mkdir(parents=True)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "templates")
-    for name in VENDORED:
-        p = src / name
-        if p.is_dir():
-            shutil.copytree(p, dst / name, ignore=ignore)
-        elif p.is_file():
-            shutil.copy2(p, dst / name)
-    # the serve package's template is not needed inside the repository
-    (dst / "serve" / "templates").mkdir(exist_ok=True)
+    for name in VENDORED_MODULES:
+        shutil.copy2(src / name, dst / name)
+    for name in VENDORED_PACKAGES:
+        # the repository has its own model.py: the serve package's template is not copied again
+        shutil.copytree(src / name, dst / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "templates"))
 
 
 def write_repository(

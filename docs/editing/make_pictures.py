@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import cmrt
     from cmrt.cli import main as cmrt_main
-    from cmrt.quality.digits import digits_to_images, load_digits_split
+    from benchmarks.quality.digits import digits_to_images, load_digits_split
 
     size = cmrt.load(args.engine).sample_size
     images8, labels = load_digits_split("heldout")

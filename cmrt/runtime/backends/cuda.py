@@ -259,27 +259,3 @@ class CudaGraph:
         if self.graph is not None:
             check(cudart.cudaGraphDestroy(self.graph), "cudaGraphDestroy")
             self.graph = None
-
-
-class Event:
-    """A CUDA event, for timing stages on a stream."""
-
-    def __init__(self) -> None:
-        cudart = cudart_module()
-        self.handle = check(cudart.cudaEventCreate(), "cudaEventCreate")
-
-    def record(self, stream: Stream) -> None:
-        cudart = cudart_module()
-        check(cudart.cudaEventRecord(self.handle, stream.handle), "cudaEventRecord")
-
-    def elapsed_ms(self, start: "Event") -> float:
-        """Milliseconds from `start` to this event (waits for this event)."""
-        cudart = cudart_module()
-        check(cudart.cudaEventSynchronize(self.handle), "cudaEventSynchronize")
-        return float(check(cudart.cudaEventElapsedTime(start.handle, self.handle), "cudaEventElapsedTime"))
-
-    def close(self) -> None:
-        if self.handle is not None:
-            cudart = cudart_module()
-            check(cudart.cudaEventDestroy(self.handle), "cudaEventDestroy")
-            self.handle = None

@@ -1,4 +1,4 @@
-"""ONNX Runtime backend: the portable path (CPU everywhere, CUDA where onnxruntime-gpu finds it)."""
+"""ONNX Runtime on the CPU: the portable backend (CUDA is ort_cuda_backend.py's, with IO binding and CUDA graphs)."""
 from __future__ import annotations
 
 import logging
@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+
+from ...engine.io_spec import INPUT_NAMES, feeds
 
 logger = logging.getLogger(__name__)
 
@@ -18,21 +20,15 @@ def physical_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def available_providers() -> list[str]:
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return []
-    return list(ort.get_available_providers())
-
-
 class OnnxRuntimeBackend:
-    """One InferenceSession, created once, run with plain numpy feeds."""
+    """One InferenceSession on the CPU, created once, run with plain numpy feeds."""
+
+    name = "onnxruntime"
+    device = "cpu"
 
     def __init__(
         self,
         onnx_path: str | os.PathLike,
-        device: str = "cpu",
         threads: int | None = None,
         extra_inputs: dict[str, np.ndarray] | None = None,
     ):
@@ -45,8 +41,6 @@ class OnnxRuntimeBackend:
                 "the ONNX Runtime backend needs onnxruntime: `pip install 'cmrt[cpu]'` "
                 "(or 'cmrt[gpu]' for CUDA; never both)"
             ) from e
-        if device not in ("cpu", "cuda"):
-            raise ValueError(f"device must be 'cpu' or 'cuda' for the ONNX Runtime backend, got {device!r}")
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be a positive integer, got {threads!r}")
         so = ort.SessionOptions()
@@ -55,35 +49,19 @@ class OnnxRuntimeBackend:
         so.intra_op_num_threads = threads or physical_cores()
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
-        if device == "cuda":
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise RuntimeError(
-                    "device='cuda' but this onnxruntime has no CUDAExecutionProvider; install onnxruntime-gpu "
-                    "(and not onnxruntime) or use device='cpu'"
-                )
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        else:
-            providers = ["CPUExecutionProvider"]
-        self.session = ort.InferenceSession(str(Path(onnx_path)), so, providers=providers)
-        active = self.session.get_providers()
-        if device == "cuda" and active[0] != "CUDAExecutionProvider":
-            raise RuntimeError(f"ONNX Runtime fell back to {active[0]} although CUDA was asked for (CUDA libraries missing?)")
-        self.device = device
-        self.name = "onnxruntime"
-        self.provider = active[0]
+        self.session = ort.InferenceSession(str(Path(onnx_path)), so, providers=["CPUExecutionProvider"])
+        self.provider = self.session.get_providers()[0]
         self.threads = so.intra_op_num_threads
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.extra_inputs = dict(extra_inputs or {})
-        missing = [n for n in self.input_names if n not in ("sample", "timestep", "class_labels") and n not in self.extra_inputs]
+        missing = [n for n in self.input_names if n not in INPUT_NAMES and n not in self.extra_inputs]
         if missing:
             raise ValueError(f"{onnx_path} needs inputs {missing[:3]}{'...' if len(missing) > 3 else ''} that were not given")
         self.output_name = self.session.get_outputs()[0].name
         logger.info("ONNX Runtime session on %s (%d threads) for %s", self.provider, self.threads, onnx_path)
 
     def run(self, sample: np.ndarray, timestep: np.ndarray, class_labels: np.ndarray | None = None) -> np.ndarray:
-        feeds = {"sample": sample, "timestep": timestep}
-        if class_labels is not None:
-            feeds["class_labels"] = class_labels
+        inputs = feeds(sample, timestep, class_labels)
         if self.extra_inputs:
-            feeds.update(self.extra_inputs)
-        return self.session.run([self.output_name], feeds)[0]
+            inputs.update(self.extra_inputs)
+        return self.session.run([self.output_name], inputs)[0]

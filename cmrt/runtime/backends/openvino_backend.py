@@ -1,7 +1,7 @@
 """OpenVINO backend for CPUs: the same fp32 ONNX graph, in fp32 or in bf16 where the CPU has it.
 
-Why it exists: on this project's 2-core AVX-512 machine ONNX Runtime already runs the fp32
-UNet at about the measured float32 GEMM rate, so fp32 cannot get much faster. CPUs with
+Why it exists: ONNX Runtime already runs the fp32 UNet's direct convolutions close to a
+CPU's float32 GEMM rate (docs/benchmarks.md), so fp32 cannot get much faster. CPUs with
 AVX512_BF16 or AMX multiply bf16 at twice the rate or more; OpenVINO uses that when asked
 (`precision="bf16"`). bf16 changes the numbers (like fp16 on a GPU): images are no longer
 within 1e-4 of diffusers', so it is opt-in and `auto` never picks it. The benchmark reports
@@ -14,9 +14,12 @@ import os
 
 import numpy as np
 
+from ...engine.io_spec import feeds
+
 logger = logging.getLogger(__name__)
 
-PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
+# cmrt precision -> OpenVINO inference precision hint (bf16 only where the CPU has bf16 instructions)
+OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 
 
 def _cpu_has_bf16(core) -> bool:
@@ -35,8 +38,8 @@ class OpenVINOBackend:
     """One compiled model and one infer request, created once; dynamic batch."""
 
     def __init__(self, onnx_path: str | os.PathLike, precision: str = "fp32", threads: int | None = None):
-        if precision not in PRECISIONS:  # checked before the import: a bad argument is a ValueError either way
-            raise ValueError(f"precision for the OpenVINO backend must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        if precision not in OPENVINO_PRECISIONS:  # checked before the import: a bad argument is a ValueError either way
+            raise ValueError(f"precision for the OpenVINO backend must be one of {sorted(OPENVINO_PRECISIONS)}, got {precision!r}")
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be a positive integer, got {threads!r}")
         try:
@@ -49,7 +52,7 @@ class OpenVINOBackend:
         from .onnxruntime_backend import physical_cores
 
         config = {
-            "INFERENCE_PRECISION_HINT": PRECISIONS[precision],
+            "INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision],
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_NUM_THREADS": threads or physical_cores(),
         }
@@ -63,9 +66,6 @@ class OpenVINOBackend:
         logger.info("OpenVINO %s on CPU (%s, %d threads) for %s", ov.__version__, precision, self.threads, onnx_path)
 
     def run(self, sample: np.ndarray, timestep: np.ndarray, class_labels: np.ndarray | None = None) -> np.ndarray:
-        feeds = {"sample": sample, "timestep": timestep}
-        if class_labels is not None:
-            feeds["class_labels"] = class_labels
-        out = self.request.infer(feeds)
+        out = self.request.infer(feeds(sample, timestep, class_labels))
         # the result aliases the request's output buffer, which the next call overwrites
         return np.array(out[0], dtype=np.float32, copy=True)

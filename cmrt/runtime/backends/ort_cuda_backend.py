@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ...engine.io_spec import CLASS_LABELS, SAMPLE, TIMESTEP
 logger = logging.getLogger(__name__)
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
@@ -127,11 +128,11 @@ class OrtCudaBackend:
         batch = int(sample.shape[0])
         if batch < 1 or batch < self.min_batch or (self.max_batch is not None and batch > self.max_batch):
             raise ValueError(f"batch {batch} is outside {self.min_batch}..{self.max_batch}")
-        feeds = {"sample": sample, "timestep": timestep, "class_labels": class_labels}
+        inputs = {SAMPLE: sample, TIMESTEP: timestep, CLASS_LABELS: class_labels}
         with self._lock:
             b = self._binding(batch)
             for name, (dtype, tail) in self.inputs.items():
-                arr = feeds.get(name)
+                arr = inputs.get(name)
                 if arr is None:
                     raise ValueError(f"this model needs the input {name!r}")
                 arr = np.ascontiguousarray(arr, dtype=dtype)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ...engine.io_spec import CLASS_LABELS, SAMPLE, TIMESTEP
 from . import cuda
 
 logger = logging.getLogger(__name__)
@@ -166,11 +167,11 @@ class TensorRTBackend:
                 f"batch {batch} is outside this TensorRT engine's profile {self.min_batch}..{self.max_batch}; "
                 f"rebuild it with `cmrt build ... --backend tensorrt --max-batch {batch}`"
             )
-        feeds = {"sample": sample, "timestep": timestep, "class_labels": class_labels}
+        inputs = {SAMPLE: sample, TIMESTEP: timestep, CLASS_LABELS: class_labels}
         with self._lock:
             slot = self._slot(batch)
             for n in self.input_names:
-                arr = feeds.get(n)
+                arr = inputs.get(n)
                 if arr is None:
                     raise ValueError(f"this engine needs the input {n!r}")
                 arr = np.asarray(arr)

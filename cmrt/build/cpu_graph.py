@@ -1,0 +1,163 @@
+"""The CPU-only fp32 graph: the exported UNet with Winograd 3x3 convolutions, kept where it pays.
+
+Why a second graph rather than rewriting the first: GPU backends (TensorRT, ONNX Runtime
+CUDA) pick their own convolution algorithms and must see plain Convs, and OpenVINO fuses
+plain Convs best. Only ONNX Runtime on the CPU, which has no fast-convolution algorithm
+of its own, gets this graph. It holds no weights: its transformed filters are graph inputs
+that the runtime computes from the fp32 export's weight file (the manifest says where each
+3x3 filter lies in it), so the folder does not grow by another copy of the model.
+
+Whether Winograd pays depends on the model and the machine: on wide layers it does fewer
+multiplications than the direct kernel, on a 16x16 model with 32-64 channels the transforms
+cost more than they save (docs/benchmarks.md has the measured figures). So in "auto" mode the build times both graphs
+here, on this machine, and keeps the Winograd graph only when it is clearly faster; the
+manifest records the timings either way.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..engine.atomic import write_bytes_atomic
+from ..engine.io_spec import CLASS_LABELS, SAMPLE, TIMESTEP
+from ..engine.winograd import filters_from_weight_file
+
+logger = logging.getLogger(__name__)
+
+WINOGRAD_FILE = "unet.fp32.winograd.onnx"
+# Keep the Winograd graph in "auto" mode only when its median is at least this much faster.
+MIN_GAIN = 0.05
+TIMING_BUDGET_S = 2.0
+TIMING_RUNS = (3, 15)  # at least, at most
+# "auto" does not make a graph whose extra filter memory would exceed this share of the machine's RAM.
+MAX_RAM_SHARE = 0.25
+
+
+def machine_memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):  # not POSIX
+        return None
+
+
+def filter_location(weight, runtime_filter: dict[str, Any], weights_file: str) -> dict[str, Any]:
+    """Where a rewritten Conv's 3x3 weights lie in the fp32 weight file, for the runtime to read."""
+    from onnx import TensorProto
+
+    info = {e.key: e.value for e in weight.external_data}
+    if weight.data_location != TensorProto.EXTERNAL or info.get("location") != weights_file:
+        raise ValueError(f"weight {weight.name} is not in {weights_file}; export fp32 with separate_weights=True")
+    if weight.data_type != TensorProto.FLOAT:
+        raise ValueError(f"weight {weight.name} is not float32")
+    k, c, kh, kw = runtime_filter["shape"]
+    return {
+        "input": runtime_filter["input"],
+        "offset": int(info.get("offset", 0)),
+        "length": int(info.get("length", k * c * kh * kw * 4)),
+        "shape": [k, c, kh, kw],
+    }
+
+
+def median_run_ms(
+    onnx_file: Path, feeds: dict[str, np.ndarray], extra_inputs: dict[str, np.ndarray] | None = None
+) -> tuple[float, int]:
+    """Median wall time of one ONNX Runtime CPU call, with the runtime's own session settings."""
+    from ..runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    backend = OnnxRuntimeBackend(onnx_file, extra_inputs=extra_inputs)
+    args = (feeds[SAMPLE], feeds[TIMESTEP], feeds.get(CLASS_LABELS))
+    backend.run(*args)  # warm-up: first-call allocations
+    times: list[float] = []
+    lo, hi = TIMING_RUNS
+    start = time.perf_counter()
+    while len(times) < lo or (len(times) < hi and time.perf_counter() - start < TIMING_BUDGET_S):
+        t = time.perf_counter()
+        backend.run(*args)
+        times.append(time.perf_counter() - t)
+    del backend
+    gc.collect()
+    time.sleep(0.2)  # let the session's spinning worker threads go idle before the next one is timed
+    return float(np.median(times) * 1e3), len(times)
+
+
+def add_winograd_graph(stage: Path, fp32_entry: dict[str, Any], unet, mode: str, scheduler: dict[str, Any]) -> dict[str, Any]:
+    """Write, validate and (in "auto" mode) time the Winograd graph beside the fp32 export.
+
+    Returns the manifest record; `record["used"]` says whether the file stays in the folder.
+    """
+    import onnx
+
+    from .onnx_export import random_inputs, validate_onnx
+    from .winograd import conv_input_shapes, rewrite_winograd
+
+    if mode not in ("auto", "always"):
+        raise ValueError(f"mode must be 'auto' or 'always', got {mode!r}")
+    if not fp32_entry.get("external_data"):
+        raise ValueError("the Winograd graph shares the fp32 weight file; export fp32 with separate_weights=True")
+    plain = stage / fp32_entry["file"]
+    # Shape inference reads small constants, so it gets the whole model; the rewrite then gets
+    # the graph alone, whose initializers keep pointing into the fp32 weight file.
+    shapes = conv_input_shapes(onnx.load(str(plain)))
+    model = onnx.load(str(plain), load_external_data=False)
+    weights = {t.name: t for t in model.graph.initializer}  # before the rewrite drops the 3x3 ones
+    report = rewrite_winograd(model, input_shapes=shapes, filters="input")
+    record: dict[str, Any] = {
+        "file": WINOGRAD_FILE,
+        "mode": mode,
+        "rewrite": report.to_dict(),
+        "weights_file": fp32_entry["external_data"],
+        "filters": [filter_location(weights[f["weight"]], f, fp32_entry["external_data"]) for f in report.runtime_filters],
+    }
+    if not report.rewritten:
+        record.update(used=False, reason="no 3x3 convolution the rewrite applies to")
+        logger.info("winograd: nothing to rewrite; the CPU runs the plain fp32 graph")
+        return record
+    added = report.added_filter_bytes
+    ram = machine_memory_bytes()
+    if mode == "auto" and ram and added > MAX_RAM_SHARE * ram:
+        record.update(
+            used=False,
+            reason=f"its transformed filters would take {added / 1e9:.1f} GB more memory, over "
+            f"{MAX_RAM_SHARE:.0%} of this machine's {ram / 1e9:.1f} GB (--winograd always overrides)",
+        )
+        logger.info("winograd CPU graph dropped: %s", record["reason"])
+        return record
+    path = stage / WINOGRAD_FILE
+    write_bytes_atomic(path, model.SerializeToString())
+    del model
+    onnx.checker.check_model(str(path))
+    filters = filters_from_weight_file(stage, record)
+    record["validation"] = validate_onnx(unet, path, "fp32", scheduler, extra_feeds=filters)
+    if mode == "always":
+        record.update(used=True, reason="--winograd always")
+        return record
+    feeds = random_inputs(unet, scheduler, 1, seed=7)
+    plain_ms, n_plain = median_run_ms(plain, feeds)
+    wino_ms, n_wino = median_run_ms(path, feeds, extra_inputs=filters)
+    del filters
+    used = wino_ms < (1 - MIN_GAIN) * plain_ms
+    record["timing"] = {
+        "batch": 1,
+        "plain_ms": round(plain_ms, 3),
+        "winograd_ms": round(wino_ms, 3),
+        "runs": [n_plain, n_wino],
+        "speedup": round(plain_ms / wino_ms, 3),
+        "min_gain": MIN_GAIN,
+    }
+    if used:
+        record.update(used=True, reason=f"the Winograd graph measured {plain_ms / wino_ms:.2f}x the plain graph's speed at batch 1")
+    else:
+        path.unlink()
+        record.update(
+            used=False,
+            reason=f"the Winograd graph measured {plain_ms / wino_ms:.2f}x the plain graph's speed at batch 1 "
+            f"(kept from {1 / (1 - MIN_GAIN):.2f}x)",
+        )
+    logger.info("winograd CPU graph %s: %s", "kept" if used else "dropped", record["reason"])
+    return record

@@ -1,0 +1,187 @@
+"""`cmrt build`: turn a checkpoint into a self-contained, verified engine folder.
+
+A folder is reused when its manifest's build key (source fingerprint + options) matches;
+anything else is rebuilt in a staging folder and swapped in atomically, so an interrupted
+build never leaves a folder that loads.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from .._version import __version__
+from ..engine.atomic import staging_dir, write_json_atomic
+from ..engine.errors import BackendUnavailableError, EngineFolderError
+from ..engine.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, file_record, read_manifest
+from ..engine.models import ModelSource, resolve_model
+from ..engine.options import BUILD_BACKENDS, BuildOptions
+from ..engine.paths import default_engine_dir
+
+logger = logging.getLogger(__name__)
+
+# Bump when the exported graph changes for the same source and options.
+EXPORT_RECIPE = 3  # 2: fp32 weights in a separate file, shared with the Winograd CPU graph; 3: its filters as inputs
+
+
+def build_key(source_record: dict[str, Any], options: BuildOptions) -> str:
+    blob = json.dumps(
+        {"recipe": EXPORT_RECIPE, "format": FORMAT_VERSION, "source": source_record["fingerprint"], "options": options.to_dict()},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _tool_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    versions = {"cmrt": __version__, "python": platform.python_version()}
+    for dist in ("torch", "diffusers", "onnx", "onnxruntime", "onnxruntime-gpu"):
+        try:
+            versions[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return versions
+
+
+def up_to_date(out: Path, key: str) -> bool:
+    """True when `out` is a complete folder built with this key (sizes checked, hashes at load)."""
+    if not (out / MANIFEST_NAME).is_file():
+        return False
+    try:
+        manifest = read_manifest(out, verify=False)
+    except EngineFolderError as e:
+        logger.info("existing folder %s is not usable (%s); rebuilding", out, e)
+        return False
+    return manifest.data.get("build_key") == key
+
+
+def build_engine_folder(
+    model: str,
+    out: str | Path | None = None,
+    options: BuildOptions | None = None,
+    force: bool = False,
+    revision: str | None = None,
+    backend: str = "onnxruntime",
+    tensorrt: Any = None,
+) -> Path:
+    """Build (or reuse) the engine folder for `model` and return its path.
+
+    `backend`: "onnxruntime" builds the ONNX folder only; "tensorrt" also builds (or reuses)
+    a validated TensorRT engine in it, and fails at once where TensorRT cannot run; "auto"
+    does the TensorRT step where a GPU and TensorRT are present, else says so in one log line
+    and leaves the ONNX folder that ONNX Runtime serves. `tensorrt`: a
+    `cmrt.engine.tensorrt.TensorRTOptions` (profile opt/max, optimization level, timing cache, tolerance).
+    The TensorRT step never changes the folder's build key.
+    """
+    if backend not in BUILD_BACKENDS:
+        raise ValueError(f"backend must be one of {BUILD_BACKENDS}, got {backend!r}")
+    trt_missing = None
+    if backend != "onnxruntime":
+        from ..engine.tensorrt import TensorRTOptions
+        from ..runtime.backends.probe import probe_environment
+
+        tensorrt = tensorrt or TensorRTOptions()
+        trt_missing = probe_environment().tensorrt_missing_reason
+        if trt_missing and backend == "tensorrt":  # fail before the (long) export
+            raise BackendUnavailableError(
+                f"--backend tensorrt: TensorRT cannot run here: {trt_missing}. Use --backend auto or onnxruntime "
+                "to build the ONNX folder that ONNX Runtime serves"
+            )
+        if tensorrt.precision not in (options or BuildOptions()).precisions:
+            no_onnx = f"the TensorRT engine is built from the {tensorrt.precision} ONNX graph, which --precision leaves out"
+            if backend == "tensorrt":
+                raise ValueError(f"--backend tensorrt: {no_onnx}; add {tensorrt.precision} to --precision")
+            trt_missing = trt_missing or no_onnx
+    out = _build_onnx_folder(model, out=out, options=options, force=force, revision=revision)
+    if backend == "onnxruntime":
+        return out
+    if trt_missing:
+        logger.info("no TensorRT engine built (%s): %s holds the ONNX models that ONNX Runtime serves", trt_missing, out)
+        return out
+    from ..engine.tensorrt import rebuild_blocker
+    from .tensorrt import ensure_tensorrt_engine
+
+    blocker = rebuild_blocker(read_manifest(out, verify=False).data, tensorrt.precision)
+    if blocker:
+        if backend == "tensorrt":
+            raise EngineFolderError(f"--backend tensorrt: cannot build a TensorRT engine in {out}: {blocker}")
+        logger.info("no TensorRT engine built (%s): %s holds the ONNX models that ONNX Runtime serves", blocker, out)
+        return out
+    ensure_tensorrt_engine(out, tensorrt, force=force)
+    return out
+
+
+def _build_onnx_folder(
+    model: str,
+    out: str | Path | None = None,
+    options: BuildOptions | None = None,
+    force: bool = False,
+    revision: str | None = None,
+) -> Path:
+    """Build (or reuse) the ONNX engine folder for `model` and return its path."""
+    from tqdm.auto import tqdm
+
+    from .checkpoints import load_model, model_folder
+    from .cpu_graph import add_winograd_graph
+    from .onnx_export import export_onnx, unet_record, validate_onnx
+
+    options = options or BuildOptions()
+    source = resolve_model(model, revision=revision)
+    out = Path(out) if out is not None else default_engine_dir(source.slug)
+    _, record = model_folder(source)
+    key = build_key(record, options)
+    if not force and up_to_date(out, key):
+        logger.info("engine folder %s is up to date; reusing it", out)
+        return out
+
+    t0 = time.perf_counter()
+    stages = ["load"] + [f"{s} {p}" for p in options.precisions for s in ("export", "validate")] + ["manifest"]
+    if "fp32" in options.precisions and options.winograd != "never":
+        stages.append("winograd fp32")
+    with tqdm(total=len(stages), desc=f"cmrt build {source.name}", unit="stage") as bar, staging_dir(out) as stage:
+        bar.set_postfix_str("load")
+        loaded = load_model(source)
+        unet = loaded.unet
+        bar.update()
+        onnx_entries: dict[str, Any] = {}
+        files: list[str] = []
+        cpu_variant = "fp32" in options.precisions and options.winograd != "never"
+        for precision in options.precisions:
+            bar.set_postfix_str(f"export {precision}")
+            entry = export_onnx(
+                unet, stage / f"unet.{precision}.onnx", precision, loaded.scheduler_config, opset=options.opset,
+                separate_weights=cpu_variant and precision == "fp32",
+            )
+            bar.update()
+            bar.set_postfix_str(f"validate {precision}")
+            entry["validation"] = validate_onnx(unet, stage / entry["file"], precision, loaded.scheduler_config)
+            bar.update()
+            files += entry.pop("files")
+            if cpu_variant and precision == "fp32":
+                bar.set_postfix_str("winograd fp32")
+                entry["winograd"] = add_winograd_graph(stage, entry, unet, options.winograd, loaded.scheduler_config)
+                files += [entry["winograd"]["file"]] if entry["winograd"]["used"] else []
+                bar.update()
+            onnx_entries[precision] = entry
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "build_key": key,
+            "created_unix": int(time.time()),
+            "source": loaded.source,
+            "unet": unet_record(unet),
+            "scheduler": loaded.scheduler_config,
+            "build_options": options.to_dict(),
+            "onnx": onnx_entries,
+            "tools": _tool_versions(),
+            "files": {name: file_record(stage, name) for name in files},
+        }
+        write_json_atomic(stage / MANIFEST_NAME, manifest)
+        bar.update()
+    logger.info("built %s in %.1f s", out, time.perf_counter() - t0)
+    return out

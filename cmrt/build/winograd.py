@@ -1,0 +1,239 @@
+"""Rewrite 3x3 convolutions of an ONNX graph as Winograd F(4x4, 3x3) subgraphs, for CPUs.
+
+Why: on a CPU the fp32 UNet is bound by multiply-adds. ONNX Runtime's direct convolution
+already runs at the machine's measured GEMM rate, so the only fp32 speed left is doing fewer
+multiplications. Winograd's minimal filtering computes a 4x4 output tile of a 3x3
+convolution from a 6x6 input tile with 36 multiplies per (input, output) channel pair
+instead of 144, at the price of cheap linear transforms before and after.
+
+The rewritten subgraph is made of standard ops only (Conv, Reshape, Transpose, MatMul,
+DepthToSpace, Add), so ONNX Runtime runs it with its own kernels:
+
+    V = Conv(x, B-basis, group=C, 6x6, stride 4)   input transform, one 6x6 tile per output tile
+    M = U @ V                                        36 batched GEMMs [K,C] x [C,tiles]
+    Y = DepthToSpace(A-basis @ M) + bias            output transform and tile interleave
+
+The filter transform U = G W G^T never goes to disk 4x bigger. With `filters="input"` (what
+`cmrt build` uses) each U is a graph input that the runtime computes from the 3x3 weights;
+with `filters="fold"` it stays in the graph as MatMuls over the weight initializer, which
+ONNX Runtime folds when it creates the session: a self-contained graph, but several times
+slower to open.
+
+Where it does not pay, the Conv is left alone: strided, grouped, dilated or non-3x3
+convolutions, spatial sizes not divisible by the tile, and small maps (below
+`min_spatial`, where the GEMMs have too few tiles to beat the direct kernel and the 4x
+larger transformed filters cost memory bandwidth). The transforms are exact in exact
+arithmetic; in fp32 the rewritten UNet stays within the export tolerance of PyTorch, which
+the build checks like any other graph.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..engine.winograd import (  # noqa: F401  (re-exported for the tests and readers)
+    A_T,
+    ALPHA,
+    B_T,
+    G,
+    KERNEL,
+    TILE,
+    filter_basis_matrix,
+    input_basis,
+    output_basis,
+    transform_filters,
+    winograd_conv_reference,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MIN_SPATIAL = 16
+
+
+@dataclass
+class RewriteReport:
+    rewritten: list[str] = field(default_factory=list)
+    kept: dict[str, str] = field(default_factory=dict)  # conv name -> why it stayed a direct Conv
+    # fp32 bytes the transformed filters add in memory once folded (36 values per 3x3 filter, not 9)
+    added_filter_bytes: int = 0
+    # filters="input": [{"input": graph input for U, "weight": 3x3 initializer name, "shape": [K, C, 3, 3]}]
+    runtime_filters: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        reasons: dict[str, int] = {}
+        for why in self.kept.values():
+            reasons[why] = reasons.get(why, 0) + 1
+        return {
+            "algorithm": "winograd F(4x4,3x3)",
+            "rewritten": len(self.rewritten),
+            "kept": len(self.kept),
+            "kept_because": reasons,
+            "added_filter_bytes": self.added_filter_bytes,
+        }
+
+
+def _attrs(node) -> dict:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def conv_input_shapes(model) -> dict[str, tuple]:
+    """Static [C, H, W] of every Conv input, from ONNX Runtime's symbolic shape inference.
+
+    onnx's own shape inference loses spatial sizes in UNet graphs (reshapes whose shapes are
+    computed at run time); the symbolic one follows them. The batch axis stays symbolic.
+    """
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    infos = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
+    shapes = {}
+    for node in inferred.graph.node:
+        if node.op_type != "Conv" or node.input[0] not in infos:
+            continue
+        dims = infos[node.input[0]].type.tensor_type.shape.dim
+        shapes[node.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims[1:])
+    return shapes
+
+
+def _why_not(node, weight, shape, min_spatial: int) -> str | None:
+    if weight is None:
+        return "weight is not an initializer"
+    if list(weight.dims[2:]) != [KERNEL, KERNEL]:
+        return "not 3x3"
+    a = _attrs(node)
+    if a.get("group", 1) != 1:
+        return "grouped"
+    if list(a.get("strides", [1, 1])) != [1, 1] or list(a.get("dilations", [1, 1])) != [1, 1]:
+        return "strided or dilated"
+    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or list(a.get("pads", [0] * 4)) != [1, 1, 1, 1]:
+        return "padding is not 1"
+    if shape is None or len(shape) != 3 or None in shape:
+        return "input size unknown"
+    _, h, w = shape
+    if h % TILE or w % TILE:
+        return f"size not divisible by {TILE}"
+    if min(h, w) < min_spatial:
+        return f"smaller than {min_spatial}x{min_spatial}"
+    return None
+
+
+FILTER_MODES = ("fold", "input")
+
+
+def rewrite_winograd(
+    model, min_spatial: int = DEFAULT_MIN_SPATIAL, input_shapes: dict[str, tuple] | None = None, filters: str = "fold"
+):
+    """Replace eligible Convs in `model` (an onnx ModelProto, changed in place) and report which.
+
+    Only node wiring and small new initializers change; existing initializers are referenced,
+    never read. So `model` may be loaded without its external data when `input_shapes`
+    (from `conv_input_shapes` on the loaded model, which does read small constants) is given.
+
+    `filters`: "fold" computes U = G W G^T in the graph (ONNX Runtime folds it when it opens
+    the session); "input" makes each U a graph input named in `report.runtime_filters`, for
+    the caller to compute from the 3x3 weights (`transform_filters`) and feed, and drops the
+    3x3 weights the graph no longer uses.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    if not isinstance(min_spatial, int) or min_spatial < TILE:
+        raise ValueError(f"min_spatial must be an integer >= {TILE}, got {min_spatial!r}")
+    if filters not in FILTER_MODES:
+        raise ValueError(f"filters must be one of {FILTER_MODES}, got {filters!r}")
+    graph = model.graph
+    shapes = conv_input_shapes(model) if input_shapes is None else input_shapes
+    inits = {t.name: t for t in graph.initializer}
+    report = RewriteReport()
+    shared: dict[str, str] = {}
+
+    def const(name: str, value: np.ndarray, dtype=np.float32) -> str:
+        if name not in shared:
+            graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+            shared[name] = name
+        return name
+
+    filter_basis = const("cmrt_winograd/G", filter_basis_matrix()) if filters == "fold" else None
+    basis_in = const("cmrt_winograd/B", input_basis())
+    basis_out = const("cmrt_winograd/A", output_basis())
+
+    new_nodes = []
+    for i, node in enumerate(graph.node):
+        name = node.name or f"Conv_{i}"
+        if node.op_type != "Conv" or node.domain not in ("", "ai.onnx"):
+            new_nodes.append(node)
+            continue
+        weight = inits.get(node.input[1])
+        why = _why_not(node, weight, shapes.get(node.name), min_spatial)
+        if why:
+            report.kept[name] = why
+            new_nodes.append(node)
+            continue
+        k, c = int(weight.dims[0]), int(weight.dims[1])
+        _, h, w = shapes[node.name]
+        th, tw = h // TILE, w // TILE
+        p = f"{name}/winograd"
+
+        def shape_const(suffix: str, dims: list[int]) -> str:
+            return const(f"{p}/{suffix}", dims, np.int64)
+
+        x, out = node.input[0], node.output[0]
+        if filters == "input":
+            graph.input.append(helper.make_tensor_value_info(f"{p}/U", TensorProto.FLOAT, [ALPHA * ALPHA, k, c]))
+            report.runtime_filters.append({"input": f"{p}/U", "weight": node.input[1], "shape": [k, c, KERNEL, KERNEL]})
+            nodes = []
+        else:
+            nodes = [
+                # U = G W G^T as [36, K, C]: constant, folded by ONNX Runtime at session creation. One
+                # [36, 9] x [9, K*C] GEMM (per-filter products fold ~20x slower); transposing the 9-wide
+                # weights rather than the 36-wide result.
+                helper.make_node("Reshape", [node.input[1], shape_const("w_shape", [k * c, KERNEL * KERNEL])], [f"{p}/W_flat"]),
+                helper.make_node("Transpose", [f"{p}/W_flat"], [f"{p}/W_t"], perm=[1, 0]),
+                helper.make_node("MatMul", [filter_basis, f"{p}/W_t"], [f"{p}/U_flat"]),
+                helper.make_node("Reshape", [f"{p}/U_flat", shape_const("u_shape", [ALPHA * ALPHA, k, c])], [f"{p}/U"]),
+            ]
+        nodes += [
+            # V: every 6x6 tile (stride 4, zero padding 1) through the 36 input-transform filters,
+            # then tile-position-major: [N, 36, C, tiles]. (A separable 6x1 + 1x6 pair measured no faster.)
+            helper.make_node("Tile", [basis_in, shape_const("b_reps", [c, 1, 1, 1])], [f"{p}/B"]),
+            helper.make_node(
+                "Conv", [x, f"{p}/B"], [f"{p}/V_nchw"], group=c, kernel_shape=[ALPHA, ALPHA], strides=[TILE, TILE], pads=[1, 1, 1, 1]
+            ),
+            helper.make_node("Reshape", [f"{p}/V_nchw", shape_const("v_shape", [0, c, ALPHA * ALPHA, th * tw])], [f"{p}/V_c"]),
+            helper.make_node("Transpose", [f"{p}/V_c"], [f"{p}/V"], perm=[0, 2, 1, 3]),
+            # M: 36 GEMMs [K, C] x [C, tiles]. (A group-36 1x1 Conv measured slower and folds slower.)
+            helper.make_node("MatMul", [f"{p}/U", f"{p}/V"], [f"{p}/M"]),
+            # Y: the output transform as one [16, 36] GEMM; DCR DepthToSpace puts each 4x4 tile in place.
+            helper.make_node("Reshape", [f"{p}/M", shape_const("m_shape", [0, ALPHA * ALPHA, k * th * tw])], [f"{p}/M_flat"]),
+            helper.make_node("MatMul", [basis_out, f"{p}/M_flat"], [f"{p}/Y_flat"]),
+            helper.make_node("Reshape", [f"{p}/Y_flat", shape_const("y_shape", [0, TILE * TILE * k, th, tw])], [f"{p}/Y_dcr"]),
+        ]
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        y = out if bias is None else f"{p}/Y"
+        nodes.append(helper.make_node("DepthToSpace", [f"{p}/Y_dcr"], [y], blocksize=TILE, mode="DCR"))
+        if bias is not None:
+            nodes.append(helper.make_node("Reshape", [bias, shape_const("bias_shape", [1, k, 1, 1])], [f"{p}/bias"]))
+            nodes.append(helper.make_node("Add", [y, f"{p}/bias"], [out]))
+        for j, n in enumerate(nodes):
+            n.name = f"{p}/{n.op_type}_{j}"
+        new_nodes.extend(nodes)
+        report.rewritten.append(name)
+        report.added_filter_bytes += (ALPHA * ALPHA - KERNEL * KERNEL) * k * c * 4
+    graph.ClearField("node")
+    graph.node.extend(new_nodes)
+    if filters == "input":  # the 3x3 weights only the rewritten Convs read are no longer part of this graph
+        used = {name for n in graph.node for name in n.input}
+        dropped = {f["weight"] for f in report.runtime_filters} - used
+        kept_inits = [t for t in graph.initializer if t.name not in dropped]
+        graph.ClearField("initializer")
+        graph.initializer.extend(kept_inits)
+    logger.info(
+        "winograd: %d of %d Convs rewritten (%s kept)",
+        len(report.rewritten),
+        len(report.rewritten) + len(report.kept),
+        report.to_dict()["kept_because"] or "none",
+    )
+    return report

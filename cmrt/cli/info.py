@@ -1,0 +1,51 @@
+"""`cmrt info DIR`: what an engine folder was built from, its validations and its files (checksums verified)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HELP = "describe an engine folder"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("info", help=HELP)
+    p.add_argument("folder", type=Path)
+    p.add_argument("--json", action="store_true", help="print the whole manifest")
+
+
+def run(args) -> int:
+    from ..engine.manifest import read_manifest
+
+    m = read_manifest(args.folder, verify=True)
+    if args.json:
+        print(json.dumps(m.data, indent=2, sort_keys=True))
+        return 0
+    src, unet, s = m.source, m.unet, m.scheduler_config
+    print(f"engine folder   {m.folder}")
+    print(f"source          {src['model']} ({src['kind']}, revision {src.get('revision')})")
+    classes = f"{unet['num_class_embeds']} classes" if unet["num_class_embeds"] else "unconditional"
+    print(f"unet            {unet['parameters'] / 1e6:.1f} M parameters, {unet['sample_size']}x{unet['sample_size']}, {classes}")
+    print(f"scheduler       N={s['num_train_timesteps']} sigma {s['sigma_min']}..{s['sigma_max']}")
+    print(f"batch range     {m.min_batch}..{m.max_batch} (opt {m.opt_batch})")
+    for prec in m.precisions:
+        e = m.onnx_entry(prec)
+        v = e["validation"]
+        print(f"onnx {prec:<10} {e['file']}  opset {e['opset']}  max abs error vs PyTorch {v['max_abs_error']:.2e}")
+        w = e.get("winograd")
+        if w:
+            rw = w["rewrite"]
+            extra = f", +{rw['added_filter_bytes'] / 1e6:.0f} MB of filters in memory" if "added_filter_bytes" in rw else ""
+            state = f"{w['file']} ({rw['rewritten']} of {rw['rewritten'] + rw['kept']} convs{extra})" if w["used"] else "not used"
+            err = f", max abs error vs PyTorch {w['validation']['max_abs_error']:.2e}" if "validation" in w and w["used"] else ""
+            print(f"cpu winograd    {state}: {w['reason']}{err}")
+    t = m.tensorrt
+    if t:
+        v, g, pr = t["validation"], t["gpu"], t["profile"]
+        print(
+            f"tensorrt        {t['file']}  TensorRT {t['tensorrt_version']}, {g['name']} (cc {g['compute_capability']}), "
+            f"batch {pr['min']}/{pr['opt']}/{pr['max']}, max abs error vs ONNX Runtime {v['max_abs_error']:.2e} (tol {v['tolerance']})"
+        )
+    for name, rec in sorted(m.files.items()):
+        print(f"file            {name}  {rec['bytes'] / 1e6:.1f} MB  sha256 {rec['sha256'][:16]}… (verified)")
+    print("tools           " + ", ".join(f"{k} {v}" for k, v in sorted(m.tools.items())))
+    return 0

@@ -1,0 +1,69 @@
+"""The UNet's side of the engine-folder contract: its I/O names and dtypes, its precisions,
+the tolerances its graphs are held to, and inputs that look like sampling.
+
+Declared once here and used by the export (which names the graph's tensors), every backend
+(which feeds them), the TensorRT build (profiles over the batch axis) and the validations.
+Every graph has fp32 inputs and outputs whatever its inner precision, so all backends are
+driven identically and the timestep (t = 250 ln sigma, about 1095.5 at sigma = 80) is never
+rounded to fp16 before the UNet's own embedding sees it.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+SAMPLE = "sample"
+TIMESTEP = "timestep"
+CLASS_LABELS = "class_labels"
+OUTPUT = "model_output"
+INPUT_NAMES = (SAMPLE, TIMESTEP, CLASS_LABELS)
+
+# The graphs a folder may hold, by inner precision.
+PRECISIONS = ("fp32", "fp16")
+
+# Max abs error of a graph's UNet output against its reference, on `sample_inputs`:
+# "onnx" is an export in ONNX Runtime (CPU) against the PyTorch fp32 UNet; "tensorrt" a
+# TensorRT engine against ONNX Runtime fp32. fp16 gets the same bound on both.
+TOLERANCE = {
+    "onnx": {"fp32": 1e-4, "fp16": 5e-2},
+    "tensorrt": {"fp32": 1e-3, "fp16": 5e-2},
+}
+
+
+def io_spec(unet: Mapping[str, Any]) -> dict[str, Any]:
+    """The manifest's `inputs` / `outputs` for a UNet described by `sample_size`,
+    `in_channels`, `out_channels` and `num_class_embeds` (None: unconditional)."""
+    s, c = int(unet["sample_size"]), int(unet["in_channels"])
+    inputs = [
+        {"name": SAMPLE, "dtype": "float32", "shape": ["batch", c, s, s]},
+        {"name": TIMESTEP, "dtype": "float32", "shape": ["batch"]},
+    ]
+    if unet.get("num_class_embeds") is not None:
+        inputs.append({"name": CLASS_LABELS, "dtype": "int64", "shape": ["batch"]})
+    outputs = [{"name": OUTPUT, "dtype": "float32", "shape": ["batch", int(unet["out_channels"]), s, s]}]
+    return {"inputs": inputs, "outputs": outputs}
+
+
+def feeds(sample: np.ndarray, timestep: np.ndarray, class_labels: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The backend contract's three arguments by tensor name (no labels for unconditional models)."""
+    out = {SAMPLE: sample, TIMESTEP: timestep}
+    if class_labels is not None:
+        out[CLASS_LABELS] = class_labels
+    return out
+
+
+def sample_inputs(unet: Mapping[str, Any], scheduler: Mapping[str, Any], batch: int, seed: int) -> dict[str, np.ndarray]:
+    """Inputs that look like sampling, for validating a graph: standard-normal samples,
+    timesteps t = 250 ln(sigma) uniform over the scheduler's [sigma_min, sigma_max], and
+    valid class labels. Seeded, so a validation is repeatable."""
+    rng = np.random.default_rng(seed)
+    s, c = int(unet["sample_size"]), int(unet["in_channels"])
+    lo, hi = float(scheduler["sigma_min"]), float(scheduler["sigma_max"])
+    out = {
+        SAMPLE: rng.standard_normal((batch, c, s, s)).astype(np.float32),
+        TIMESTEP: rng.uniform(250 * np.log(lo), 250 * np.log(hi), size=batch).astype(np.float32),
+    }
+    if unet.get("num_class_embeds") is not None:
+        out[CLASS_LABELS] = rng.integers(0, int(unet["num_class_embeds"]), size=batch).astype(np.int64)
+    return out

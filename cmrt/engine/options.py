@@ -1,0 +1,50 @@
+"""What an engine folder is built with: recorded in its manifest and keyed into its build key.
+
+Torch-free, so the CLI declares its `cmrt build` choices from here without importing the builder.
+"""
+from __future__ import annotations
+
+import numbers
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .io_spec import PRECISIONS
+
+# The CPU graph with Winograd 3x3 convolutions (cmrt/build/winograd.py): "auto" keeps it only
+# where it measures faster than the plain graph on the build machine, "always" keeps it,
+# "never" does not make it.
+WINOGRAD_MODES = ("auto", "always", "never")
+# What `cmrt build --backend` adds to the ONNX folder: "onnxruntime" nothing, "tensorrt" a
+# validated TensorRT engine (an error where TensorRT cannot run), "auto" the engine where it can.
+BUILD_BACKENDS = ("auto", "onnxruntime", "tensorrt")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    precisions: tuple[str, ...] = PRECISIONS
+    opset: int = 17
+    min_batch: int = 1
+    opt_batch: int = 4
+    max_batch: int = 16
+    winograd: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.winograd not in WINOGRAD_MODES:
+            raise ValueError(f"winograd must be one of {WINOGRAD_MODES}, got {self.winograd!r}")
+        if not self.precisions or any(p not in PRECISIONS for p in self.precisions):
+            raise ValueError(f"precisions must be a non-empty subset of {PRECISIONS}, got {self.precisions}")
+        for name in ("opset", "min_batch", "opt_batch", "max_batch"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise TypeError(f"{name} must be an integer, got {v!r}")
+        if not 14 <= self.opset <= 20:
+            raise ValueError(f"opset must be between 14 and 20 (17 is tested), got {self.opset}")
+        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
+            raise ValueError(
+                f"need 1 <= min_batch <= opt_batch <= max_batch, got {self.min_batch}, {self.opt_batch}, {self.max_batch}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["precisions"] = sorted(self.precisions)
+        return d

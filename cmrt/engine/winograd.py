@@ -1,0 +1,113 @@
+"""Winograd F(4x4, 3x3) transform matrices: numpy only, shared by the build-time graph rewrite
+(cmrt/build/winograd.py) and the runtime, which transforms the 3x3 filters itself when it
+opens a Winograd CPU graph: left in the graph, the same GEMMs would be folded by ONNX Runtime
+at every session creation, which is several times slower than doing them here once.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+TILE = 4  # output tile m of F(m, r)
+KERNEL = 3  # filter size r
+ALPHA = TILE + KERNEL - 1  # input tile, 6
+
+# Lavin & Gray (2016), F(4x4, 3x3) with interpolation points 0, 1, -1, 2, -2 and infinity.
+B_T = np.array(
+    [
+        [4, 0, -5, 0, 1, 0],
+        [0, -4, -4, 1, 1, 0],
+        [0, 4, -4, -1, 1, 0],
+        [0, -2, -1, 2, 1, 0],
+        [0, 2, -1, -2, 1, 0],
+        [0, 4, 0, -5, 0, 1],
+    ],
+    dtype=np.float64,
+)
+G = np.array(
+    [
+        [1 / 4, 0, 0],
+        [-1 / 6, -1 / 6, -1 / 6],
+        [-1 / 6, 1 / 6, -1 / 6],
+        [1 / 24, 1 / 12, 1 / 6],
+        [1 / 24, -1 / 12, 1 / 6],
+        [0, 0, 1],
+    ],
+    dtype=np.float64,
+)
+A_T = np.array(
+    [
+        [1, 1, 1, 1, 1, 0],
+        [0, 1, -1, 2, -2, 0],
+        [0, 1, 1, 4, 4, 0],
+        [0, 1, -1, 8, -8, 1],
+    ],
+    dtype=np.float64,
+)
+
+
+def input_basis() -> np.ndarray:
+    """[36, 1, 6, 6]: filter (a, b) of the input transform is the outer product B_T[a] x B_T[b]."""
+    return np.einsum("ai,bj->abij", B_T, B_T).reshape(ALPHA * ALPHA, 1, ALPHA, ALPHA)
+
+
+def filter_basis_matrix() -> np.ndarray:
+    """[36, 9]: this @ vec(W) = vec(G W G^T), row-major over (a, b) and (i, j)."""
+    return np.kron(G, G)
+
+
+def output_basis() -> np.ndarray:
+    """[16, 36]: row (p, q) maps the 36 transformed products of a tile to output pixel (p, q)."""
+    return np.kron(A_T, A_T)
+
+
+def winograd_conv_reference(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """The same algorithm in float64 numpy, for tests: x [N,C,H,W], w [K,C,3,3], padding 1."""
+    n, c, h, wd = x.shape
+    k = w.shape[0]
+    th, tw = h // TILE, wd // TILE
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    rows = np.arange(th)[:, None] * TILE + np.arange(ALPHA)[None, :]
+    cols = np.arange(tw)[:, None] * TILE + np.arange(ALPHA)[None, :]
+    tiles = xp[:, :, rows[:, None, :, None], cols[None, :, None, :]]  # N C th tw 6 6
+    v = np.einsum("ai,nctuij,bj->abnctu", B_T, tiles, B_T)
+    u = np.einsum("ai,kcij,bj->abkc", G, w.astype(np.float64), G)
+    m = np.einsum("abkc,abnctu->abnktu", u, v)
+    y = np.einsum("pa,abnktu,qb->nktpuq", A_T, m, A_T).reshape(n, k, h, wd)
+    return y if b is None else y + b.reshape(1, -1, 1, 1)
+
+
+def transform_filters(w: np.ndarray) -> np.ndarray:
+    """[K, C, 3, 3] 3x3 filters -> U = G w G^T as float32 [36, K, C]."""
+    if w.ndim != 4 or w.shape[2:] != (KERNEL, KERNEL):
+        raise ValueError(f"filters must be [K, C, 3, 3], got shape {w.shape}")
+    k, c = w.shape[:2]
+    basis = filter_basis_matrix().astype(np.float32)
+    u = basis @ np.ascontiguousarray(w.reshape(k * c, KERNEL * KERNEL).T, dtype=np.float32)
+    return u.reshape(ALPHA * ALPHA, k, c)
+
+
+def filters_from_weight_file(folder, record: dict) -> dict[str, np.ndarray]:
+    """The transformed filters a Winograd CPU graph takes as inputs, read from the fp32 weight file.
+
+    `record` is the manifest's Winograd entry: `weights_file` and, per filter, the graph input
+    it feeds, the byte offset and length of its 3x3 weights in that file, and their shape.
+    """
+    from pathlib import Path
+
+    from .errors import EngineFolderError
+
+    path = Path(folder) / record["weights_file"]
+    size = path.stat().st_size
+    out = {}
+    for f in record["filters"]:
+        k, c, kh, kw = f["shape"]
+        want = k * c * kh * kw * 4
+        if f["length"] != want or f["offset"] + want > size:
+            raise EngineFolderError(
+                f"{path}: the Winograd filter {f['input']} does not fit the weight file (offset {f['offset']}, "
+                f"length {f['length']}, file {size} bytes); rebuild the folder with `cmrt build`"
+            )
+        w = np.memmap(path, dtype=np.float32, mode="r", offset=f["offset"], shape=(k, c, kh, kw))
+        out[f["input"]] = transform_filters(w)
+        del w
+    return out

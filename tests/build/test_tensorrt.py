@@ -1,0 +1,261 @@
+"""TensorRT engine build orchestration (cmrt.build.tensorrt) on the CPU.
+
+TensorRT itself cannot run here: `ensure_tensorrt_engine` / `build_engine_folder(backend=...)`
+are driven with the TensorRT-touching steps replaced by `tests.fakes.environments.FakeTensorRT`,
+and the real glue runs against the simulated GPU of `tests.fakes.gpu`. The real engine is
+tested by tests/gpu/test_gpu_path.py on a GPU.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cmrt.build import tensorrt as tb
+from cmrt.engine import tensorrt as te
+from cmrt.engine.errors import BackendUnavailableError, EngineFolderError, EngineValidationError
+from cmrt.engine.manifest import read_manifest
+from cmrt.engine.tensorrt import (
+    Platform,
+    Profile,
+    TensorRTOptions,
+    engine_decision,
+    engine_file_name,
+    profile_for,
+    rebuild_blocker,
+    wanted_settings,
+)
+from cmrt.runtime.backends import probe
+from tests.fakes.environments import (
+    A100,
+    CPU_ENV,
+    FOLDER_OPTS,
+    H100,
+    H100_PCIE,
+    H100_TRT113,
+    FakeTensorRT,
+    add_fake_engine,
+    fake_validation,
+    gpu_env,
+    patch_env,
+)
+from tests.fakes.gpu import simulated_gpu  # noqa: F401  (a fixture)
+
+
+# --- the build orchestration with fake TensorRT steps ------------------------------------
+@pytest.fixture
+def folder(small_models, tmp_path):
+    engine = tmp_path / "engine"
+    shutil.copytree(small_models["cond"][1], engine)
+    return engine
+
+
+def test_engine_is_added_to_the_folder_then_reused(folder, monkeypatch, tmp_path):
+    fake = FakeTensorRT(monkeypatch)
+    before = json.loads((folder / "manifest.json").read_text())
+    opts = TensorRTOptions(precision="fp32", timing_cache=str(tmp_path / "tc.cache"))
+    r = tb.ensure_tensorrt_engine(folder, opts)
+    assert r.built and fake.builds == 1 and r.decision.action == "build"
+    assert r.plan.name == "unet.fp32.trt11.4.sm90.b1-4-8.plan" and r.plan.is_file()
+    assert fake.last["shapes"] == {"sample": (3, 16, 16), "timestep": (), "class_labels": ()}
+    assert fake.last["timing_cache"] == tmp_path / "tc.cache"
+    m = read_manifest(folder, verify=True)  # the plan is checksummed like every other file
+    e = m.data["tensorrt"]
+    assert e["gpu"] == {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+    assert e["tensorrt_version"] == "11.4.0.9" and e["profile"] == {"min": 1, "opt": 4, "max": 8}
+    assert e["onnx_sha256"] == tb.onnx_digest(before, "fp32") and e["onnx_file"] == "unet.fp32.onnx"
+    assert e["onnx_sha256"].startswith(before["files"]["unet.fp32.onnx"]["sha256"] + "+")  # graph + its weight file
+    assert e["validation"]["tolerance"] == 1e-3 and e["options"]["optimization_level"] == 3
+    assert set(m.data["files"]) == set(before["files"]) | {r.plan.name}
+    assert m.data["build_key"] == before["build_key"]  # the ONNX folder's identity is unchanged
+    assert not [p for p in folder.iterdir() if p.name.endswith(".validating")]
+    # second time: a cache hit, nothing built
+    r2 = tb.ensure_tensorrt_engine(folder, opts)
+    assert not r2.built and r2.decision.action == "reuse" and fake.builds == 1
+
+
+def test_engine_for_another_gpu_is_replaced(folder, monkeypatch):
+    add_fake_engine(folder, platform=A100)
+    old = read_manifest(folder).data["tensorrt"]["file"]
+    assert "sm80" in old
+    fake = FakeTensorRT(monkeypatch, platform=H100)
+    r = tb.ensure_tensorrt_engine(folder, TensorRTOptions(precision="fp32", use_timing_cache=False))
+    assert r.built and r.decision.action == "rebuild" and "A100" in r.decision.reason
+    assert fake.last["timing_cache"] is None
+    m = read_manifest(folder, verify=True)
+    assert "sm90" in m.data["tensorrt"]["file"] and old not in m.data["files"] and not (folder / old).exists()
+
+
+def test_failed_validation_leaves_the_folder_untouched(folder, monkeypatch):
+    add_fake_engine(folder, platform=A100)
+    before = (folder / "manifest.json").read_bytes()
+    names = sorted(p.name for p in folder.iterdir())
+    fake = FakeTensorRT(monkeypatch)
+    fake.validate_error = EngineValidationError("TensorRT differs from ONNX Runtime fp32 by 0.3 (max abs)")
+    with pytest.raises(EngineValidationError, match="0.3"):
+        tb.ensure_tensorrt_engine(folder, TensorRTOptions(precision="fp32", use_timing_cache=False))
+    assert (folder / "manifest.json").read_bytes() == before
+    assert sorted(p.name for p in folder.iterdir() if p.name != ".tensorrt.lock") == [n for n in names if n != ".tensorrt.lock"]
+
+
+def test_missing_onnx_precision_is_refused_clearly(folder, monkeypatch):
+    FakeTensorRT(monkeypatch)
+    with pytest.raises(EngineFolderError, match="no fp16 ONNX model"):
+        tb.ensure_tensorrt_engine(folder, TensorRTOptions(precision="fp16"))
+
+
+def test_build_with_backend_tensorrt_fails_fast_without_tensorrt(small_models, tmp_path, monkeypatch):
+    from cmrt.build.folder import build_engine_folder
+
+    patch_env(monkeypatch, CPU_ENV)
+    model = small_models["uncond"][0]
+    with pytest.raises(BackendUnavailableError, match="TensorRT cannot run here: no NVIDIA GPU"):
+        build_engine_folder(str(model), out=tmp_path / "e", backend="tensorrt")
+    assert not (tmp_path / "e").exists()  # refused before the export, nothing written
+    with pytest.raises(ValueError, match="backend must be one of"):
+        build_engine_folder(str(model), out=tmp_path / "e", backend="trt")
+
+
+def test_build_with_backend_auto_says_so_in_one_line(small_models, tmp_path, monkeypatch, caplog):
+    from cmrt.build.folder import build_engine_folder
+    from cmrt.engine.options import BuildOptions
+
+    patch_env(monkeypatch, CPU_ENV)
+    model = small_models["uncond"][0]
+    opts = BuildOptions(precisions=("fp32",), max_batch=4)
+    with caplog.at_level(logging.INFO, logger="cmrt.build.folder"):
+        out = build_engine_folder(str(model), out=tmp_path / "e", options=opts, backend="auto")
+    lines = [r.getMessage() for r in caplog.records if "TensorRT" in r.getMessage()]
+    assert len(lines) == 1 and "no TensorRT engine built" in lines[0] and "ONNX Runtime serves" in lines[0]
+    data = read_manifest(out).data
+    assert "tensorrt" not in data
+    # the same folder is an up-to-date ONNX-only build: same build key as backend="onnxruntime"
+    out2 = build_engine_folder(str(model), out=out, options=opts)
+    assert read_manifest(out2).data["build_key"] == data["build_key"]
+
+
+def test_build_auto_on_a_gpu_builds_and_reuses_the_engine(small_models, tmp_path, monkeypatch, caplog):
+    from cmrt.build.folder import build_engine_folder
+    from cmrt.engine.options import BuildOptions
+
+    patch_env(monkeypatch, gpu_env(H100))
+    fake = FakeTensorRT(monkeypatch)
+    model = small_models["uncond"][0]
+    opts = BuildOptions(precisions=("fp32",), max_batch=4)
+    trt_opts = TensorRTOptions(precision="fp32", use_timing_cache=False)
+    out = build_engine_folder(str(model), out=tmp_path / "e", options=opts, backend="auto", tensorrt=trt_opts)
+    assert fake.builds == 1 and read_manifest(out).data["tensorrt"]["profile"] == {"min": 1, "opt": 4, "max": 4}
+    build_engine_folder(str(model), out=out, options=opts, backend="tensorrt", tensorrt=trt_opts)
+    assert fake.builds == 1  # cache hit
+    # auto with a folder that cannot feed the engine (no fp16 ONNX): one line, no error
+    with caplog.at_level(logging.INFO, logger="cmrt.build.folder"):
+        build_engine_folder(str(model), out=out, options=opts, backend="auto")
+    lines = [r.getMessage() for r in caplog.records if "TensorRT" in r.getMessage()]
+    assert len(lines) == 1 and "fp16 ONNX graph, which --precision leaves out" in lines[0]
+    with pytest.raises(ValueError, match="add fp16 to --precision"):
+        build_engine_folder(str(model), out=out, options=opts, backend="tensorrt")
+
+
+def test_cli_build_backend_tensorrt_without_tensorrt_exits_nonzero(small_models, tmp_path, monkeypatch, capsys):
+    from cmrt.cli import main
+
+    patch_env(monkeypatch, CPU_ENV)
+    model = small_models["uncond"][0]
+    rc = main(["build", str(model), "--out", str(tmp_path / "e"), "--backend", "tensorrt", "--precision", "fp32"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--backend tensorrt" in err and "TensorRT cannot run here" in err and "Traceback" not in err
+    rc = main(["build", str(model), "--out", str(tmp_path / "e"), "--trt-opt-level", "9", "--precision", "fp32"])
+    assert rc == 2 and "optimization_level" in capsys.readouterr().err
+
+
+def test_simulated_gpu_is_probed_like_a_real_one(simulated_gpu, capsys):
+    from cmrt.cli import main
+
+    env = probe.probe_environment()
+    assert env.tensorrt_usable and env.gpu.name == "NVIDIA Simulated GPU" and env.gpu.cc == "9.0"
+    assert (env.driver_version, env.cuda_runtime_version, env.tensorrt_version) == ("13.0", "13.0", "11.4.0.9")
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "NVIDIA Simulated GPU  compute capability 9.0" in out and "auto picks      tensorrt on cuda" in out
+
+
+def test_simulated_build_load_and_cuda_graphs(simulated_gpu, small_models, tmp_path, monkeypatch, capsys):
+    import cmrt
+    from cmrt.cli import main
+
+    sim = simulated_gpu
+    model = small_models["cond"][0]
+    cache = tmp_path / "timing.cache"
+    rc = main(["build", str(model), "--out", str(tmp_path / "e"), "--precision", "fp32", "--max-batch", "8",
+               "--backend", "tensorrt", "--trt-precision", "fp32", "--timing-cache", str(cache)])
+    assert rc == 0
+    assert "tensorrt engine: unet.fp32.trt11.4.sm90.b1-4-8.plan" in capsys.readouterr().out
+    assert cache.read_bytes() == b"+"  # the timing cache was saved after the build
+    data = read_manifest(tmp_path / "e", verify=True).data
+    e = data["tensorrt"]
+    assert e["validation"]["max_abs_error"] == 0.0 and e["validation"]["batch_sizes"] == [1, 4, 8]
+    assert e["gpu"] == {"name": "NVIDIA Simulated GPU", "compute_capability": "9.0"}
+    assert main(["info", str(tmp_path / "e")]) == 0
+    assert "tensorrt        unet.fp32.trt11.4.sm90.b1-4-8.plan  TensorRT 11.4.0.9, NVIDIA Simulated GPU" in capsys.readouterr().out
+
+    ref = cmrt.load(tmp_path / "e", device="cpu")
+    sim.enqueues = sim.launches = 0
+    pipe = cmrt.load(tmp_path / "e")  # auto: TensorRT on the (simulated) GPU
+    assert (pipe.backend.name, pipe.backend.device) == ("tensorrt", "cuda")
+    for batch in (1, 3, 8, 3):
+        kw = dict(batch_size=batch, seed=batch, timesteps=[22, 0], output_type="np")
+        np.testing.assert_array_equal(pipe(**kw).images, ref(**kw).images)
+    assert pipe.backend.graph_batches == [1, 3, 8]
+    # one warm-up enqueue per batch size, every call after that a graph replay
+    assert sim.enqueues == 3 and sim.launches == 8
+    with pytest.raises(ValueError, match="outside this TensorRT engine's profile 1..8"):
+        pipe.backend.run(np.zeros((9, 3, 16, 16), np.float32), np.zeros(9, np.float32), np.zeros(9, np.int64))
+
+    plain = cmrt.load(tmp_path / "e", backend="tensorrt", use_cuda_graph=False)
+    kw = dict(batch_size=2, seed=5, output_type="np")
+    np.testing.assert_array_equal(plain(**kw).images, ref(**kw).images)
+    assert plain.backend.graph_batches == []
+
+    # capture failure: a warning, then plain enqueue with the same results
+    sim.capture_fails = True
+    flaky = cmrt.load(tmp_path / "e", backend="tensorrt")
+    with pytest.warns(RuntimeWarning, match="CUDA graph capture failed for batch 2"):
+        out = flaky(**kw).images
+    np.testing.assert_array_equal(out, ref(**kw).images)
+    assert flaky.backend.graph_batches == [] and 2 in flaky.backend.graph_failures
+    flaky.backend.close()
+    flaky.backend.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        flaky.backend.run(np.zeros((1, 3, 16, 16), np.float32), np.zeros(1, np.float32), np.zeros(1, np.int64))
+
+    # the second build is a cache hit
+    mtime = (tmp_path / "e" / e["file"]).stat().st_mtime_ns
+    assert not tb.ensure_tensorrt_engine(tmp_path / "e", TensorRTOptions(precision="fp32", timing_cache=str(cache))).built
+    assert (tmp_path / "e" / e["file"]).stat().st_mtime_ns == mtime
+
+
+def test_simulated_engine_that_misses_fails_the_build(simulated_gpu, small_models, tmp_path):
+    from cmrt.build.folder import build_engine_folder
+    from cmrt.engine.options import BuildOptions
+
+    sim = simulated_gpu
+    model = small_models["uncond"][0]
+    opts = BuildOptions(precisions=("fp32",), max_batch=4)
+    out = build_engine_folder(str(model), out=tmp_path / "e", options=opts)  # ONNX only
+    before = (out / "manifest.json").read_bytes()
+    sim.corrupt = 0.25
+    with pytest.raises(EngineValidationError, match=r"differs from ONNX Runtime fp32 by 0.25 .*tolerance 0.001"):
+        build_engine_folder(str(model), out=out, options=opts, backend="auto",
+                            tensorrt=TensorRTOptions(precision="fp32", use_timing_cache=False))
+    assert (out / "manifest.json").read_bytes() == before
+    assert not [p for p in out.iterdir() if p.suffix in (".plan", ".validating")]
+    sim.corrupt = float("nan")
+    with pytest.raises(EngineValidationError, match="NaN or Inf"):
+        build_engine_folder(str(model), out=out, options=opts, backend="tensorrt",
+                            tensorrt=TensorRTOptions(precision="fp32", use_timing_cache=False))

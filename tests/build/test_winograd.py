@@ -1,0 +1,255 @@
+"""Winograd F(4x4,3x3): the math, the ONNX rewrite, and the CPU graph a build keeps or drops."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from cmrt.build import winograd as wg  # noqa: E402
+
+
+def direct_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """3x3, stride 1, zero padding 1, float64: the definition the rewrite must reproduce."""
+    n, c, h, wd = x.shape
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    y = np.zeros((n, w.shape[0], h, wd))
+    for i in range(3):
+        for j in range(3):
+            y += np.einsum("nchw,kc->nkhw", xp[:, :, i : i + h, j : j + wd], w[:, :, i, j].astype(np.float64))
+    return y if b is None else y + b.reshape(1, -1, 1, 1)
+
+
+def test_transform_matrices_compute_a_convolution_exactly():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 5, 8, 12))
+    w = rng.standard_normal((7, 5, 3, 3))
+    b = rng.standard_normal(7)
+    np.testing.assert_allclose(wg.winograd_conv_reference(x, w, b), direct_conv(x, w, b), rtol=0, atol=1e-11)
+
+
+def test_basis_shapes_match_the_subgraph_contract():
+    assert wg.input_basis().shape == (36, 1, 6, 6)
+    assert wg.filter_basis_matrix().shape == (36, 9)
+    assert wg.output_basis().shape == (16, 36)
+    # one filter, through the flat basis, equals G w G^T
+    w = np.arange(9.0).reshape(3, 3)
+    np.testing.assert_allclose((wg.filter_basis_matrix() @ w.reshape(9)).reshape(6, 6), wg.G @ w @ wg.G.T, atol=1e-12)
+
+
+def conv_model(convs, c_in: int, size: int) -> onnx.ModelProto:
+    """A chain of Convs with a dynamic batch axis. convs: (out_channels, kernel, attrs, bias?)."""
+    rng = np.random.default_rng(1)
+    nodes, inits = [], []
+    x, c = "x", c_in
+    for i, (k, kernel, attrs, bias) in enumerate(convs):
+        w = (rng.standard_normal((k, c // attrs.get("group", 1), kernel, kernel)) / np.sqrt(c * kernel * kernel)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        ins = [x, f"w{i}"]
+        if bias:
+            inits.append(numpy_helper.from_array(rng.standard_normal(k).astype(np.float32), f"b{i}"))
+            ins.append(f"b{i}")
+        nodes.append(helper.make_node("Conv", ins, [f"y{i}"], name=f"conv{i}", kernel_shape=[kernel, kernel], **attrs))
+        x, c = f"y{i}", k
+    graph = helper.make_graph(
+        nodes, "convs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", c_in, size, size])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", c, "h", "w"])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x})[0]
+
+
+PAD1 = {"pads": [1, 1, 1, 1]}
+
+
+def test_rewrite_matches_direct_convolution_at_any_batch():
+    model = conv_model([(24, 3, PAD1, True), (16, 3, PAD1, False)], c_in=8, size=16)
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    report = wg.rewrite_winograd(rewritten)
+    assert report.rewritten == ["conv0", "conv1"] and not report.kept
+    assert report.added_filter_bytes == (36 - 9) * 4 * (24 * 8 + 16 * 24)
+    assert not any(n.op_type == "Conv" and n.name in ("conv0", "conv1") for n in rewritten.graph.node)
+    onnx.checker.check_model(rewritten)
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, 8, 16, 16)).astype(np.float32)
+        want, got = run(model, x), run(rewritten, x)
+        assert got.shape == want.shape == (batch, 16, 16, 16)
+        assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_filters_as_inputs_match_the_folded_graph_and_drop_the_3x3_weights():
+    """The runtime computes U itself (numpy) and feeds it; the graph then holds no 3x3 weights."""
+    from cmrt.engine.winograd import transform_filters
+
+    model = conv_model([(24, 3, PAD1, True), (16, 3, PAD1, False)], c_in=8, size=16)
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    as_inputs = onnx.ModelProto()
+    as_inputs.CopyFrom(model)
+    report = wg.rewrite_winograd(as_inputs, filters="input")
+    assert [f["weight"] for f in report.runtime_filters] == ["w0", "w1"]
+    assert not {"w0", "w1"} & {t.name for t in as_inputs.graph.initializer}
+    feeds = {f["input"]: transform_filters(weights[f["weight"]]) for f in report.runtime_filters}
+    x = np.random.default_rng(5).standard_normal((2, 8, 16, 16)).astype(np.float32)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    got = ort.InferenceSession(as_inputs.SerializeToString(), so).run(None, {"x": x, **feeds})[0]
+    want = run(model, x)
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    with pytest.raises(ValueError, match="filters must be one of"):
+        wg.rewrite_winograd(model, filters="bake")
+
+
+@pytest.mark.parametrize(
+    "conv, size, min_spatial, reason",
+    [
+        ((8, 1, {}, True), 16, 16, "not 3x3"),
+        ((8, 3, {"pads": [1, 1, 1, 1], "strides": [2, 2]}, True), 16, 16, "strided or dilated"),
+        ((8, 3, {"pads": [1, 1, 1, 1], "group": 2}, True), 16, 16, "grouped"),
+        ((8, 3, {"pads": [0, 0, 0, 0]}, True), 16, 16, "padding is not 1"),
+        ((8, 3, PAD1, True), 18, 16, "size not divisible by 4"),
+        ((8, 3, PAD1, True), 8, 16, "smaller than 16x16"),
+    ],
+)
+def test_convs_the_rewrite_does_not_apply_to_are_kept_with_the_reason(conv, size, min_spatial, reason):
+    model = conv_model([conv], c_in=8, size=size)
+    report = wg.rewrite_winograd(model, min_spatial=min_spatial)
+    assert report.kept == {"conv0": reason} and not report.rewritten
+    assert [n.op_type for n in model.graph.node] == ["Conv"]
+
+
+def test_min_spatial_is_validated():
+    with pytest.raises(ValueError, match="min_spatial"):
+        wg.rewrite_winograd(conv_model([(8, 3, PAD1, True)], 8, 16), min_spatial=2)
+
+
+def test_rewrite_works_on_a_graph_loaded_without_its_weights(tmp_path):
+    """The build rewrites the graph file only; the new graph reads the original weight file."""
+    model = conv_model([(16, 3, PAD1, True)], c_in=16, size=16)
+    onnx.save_model(model, tmp_path / "plain.onnx", save_as_external_data=True, location="plain.onnx.data", size_threshold=0)
+    shapes = wg.conv_input_shapes(onnx.load(str(tmp_path / "plain.onnx")))
+    graph_only = onnx.load(str(tmp_path / "plain.onnx"), load_external_data=False)
+    wg.rewrite_winograd(graph_only, input_shapes=shapes)
+    (tmp_path / "wino.onnx").write_bytes(graph_only.SerializeToString())
+    w0 = next(t for t in onnx.load(str(tmp_path / "wino.onnx"), load_external_data=False).graph.initializer if t.name == "w0")
+    assert w0.data_location == TensorProto.EXTERNAL and not w0.raw_data  # a reference into plain.onnx.data, not a copy
+    x = np.random.default_rng(0).standard_normal((2, 16, 16, 16)).astype(np.float32)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    want = ort.InferenceSession(str(tmp_path / "plain.onnx"), so).run(None, {"x": x})[0]
+    got = ort.InferenceSession(str(tmp_path / "wino.onnx"), so).run(None, {"x": x})[0]
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+# ---- the build's CPU graph --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def wide_model(tmp_path_factory):
+    """A 32x32 class-conditional model whose top-level convs the rewrite applies to."""
+    pytest.importorskip("torch")
+    from tests.models import save_small_model
+
+    root = tmp_path_factory.mktemp("winograd")
+    return save_small_model(root / "model", conditional=True, shift="scale_shift", sample_size=32), root
+
+
+def build(wide_model, mode: str):
+    from cmrt.build.folder import build_engine_folder
+    from cmrt.engine.options import BuildOptions
+
+    folder, root = wide_model
+    return build_engine_folder(str(folder), out=root / f"engine-{mode}", options=BuildOptions(precisions=("fp32",), max_batch=4, winograd=mode))
+
+
+def test_always_keeps_a_validated_winograd_graph_that_shares_the_weights(wide_model):
+    from cmrt.engine.manifest import read_manifest
+
+    m = read_manifest(build(wide_model, "always"))
+    rec = m.winograd
+    assert rec["used"] and rec["rewrite"]["rewritten"] > 0
+    assert rec["validation"]["max_abs_error"] <= 1e-4
+    assert rec["file"] in m.data["files"] and m.data["onnx"]["fp32"]["external_data"] in m.data["files"]
+    assert (m.folder / rec["file"]).stat().st_size < 1_000_000  # graph only: no second copy of the weights
+    assert m.cpu_graph("fp32")[0] == m.folder / rec["file"]
+    assert m.cpu_graph("fp32", winograd=False)[0] == m.onnx_path("fp32")
+
+
+def test_a_weight_file_that_does_not_match_the_manifest_is_refused(wide_model, tmp_path):
+    import shutil
+
+    from cmrt.engine.manifest import EngineFolderError, read_manifest
+    from cmrt.engine.winograd import filters_from_weight_file
+
+    engine = tmp_path / "engine"
+    shutil.copytree(build(wide_model, "always"), engine)
+    rec = dict(read_manifest(engine).winograd)
+    rec["filters"] = [dict(rec["filters"][0], offset=10**9)]
+    with pytest.raises(EngineFolderError, match="does not fit the weight file"):
+        filters_from_weight_file(engine, rec)
+
+
+def test_winograd_and_plain_graphs_give_the_same_images(wide_model):
+    import cmrt
+
+    engine = build(wide_model, "always")
+    kw = dict(batch_size=3, class_labels=[0, 4, 9], num_inference_steps=2, seed=11, output_type="np")
+    wino = cmrt.load(engine, backend="onnxruntime", device="cpu", winograd=True)
+    plain = cmrt.load(engine, backend="onnxruntime", device="cpu", winograd=False)
+    assert wino.backend.session is not plain.backend.session
+    a, b = wino(**kw).images, plain(**kw).images
+    assert np.abs(a - b).max() <= 1e-4  # the fp32 bar on images in [0, 1]
+
+
+def test_never_builds_no_winograd_graph_and_asking_for_one_says_how_to_get_it(wide_model):
+    import cmrt
+    from cmrt.engine.manifest import EngineFolderError, read_manifest
+
+    engine = build(wide_model, "never")
+    m = read_manifest(engine)
+    assert m.winograd is None and m.data["onnx"]["fp32"]["external_data"] is None
+    with pytest.raises(EngineFolderError, match="--winograd always"):
+        cmrt.load(engine, backend="onnxruntime", device="cpu", winograd=True)
+    with pytest.raises(TypeError, match="winograd"):
+        m.cpu_graph("fp32", winograd="yes")
+
+
+def test_auto_records_the_timing_behind_its_choice(wide_model):
+    from cmrt.engine.manifest import read_manifest
+
+    m = read_manifest(build(wide_model, "auto"))
+    rec = m.winograd
+    t = rec["timing"]
+    assert t["plain_ms"] > 0 and t["winograd_ms"] > 0 and min(t["runs"]) >= 3
+    assert rec["used"] == (t["winograd_ms"] < (1 - t["min_gain"]) * t["plain_ms"])
+    assert (m.folder / rec["file"]).exists() == rec["used"] == (rec["file"] in m.data["files"])
+
+
+def test_auto_leaves_out_a_graph_too_big_for_the_machine(wide_model, monkeypatch, tmp_path):
+    from cmrt.build import cpu_graph
+    from cmrt.build.folder import build_engine_folder
+    from cmrt.engine.options import BuildOptions
+    from cmrt.engine.manifest import read_manifest
+
+    monkeypatch.setattr(cpu_graph, "machine_memory_bytes", lambda: 1000)  # a 1 kB machine
+    folder, _ = wide_model
+    m = read_manifest(build_engine_folder(str(folder), out=tmp_path / "e", options=BuildOptions(precisions=("fp32",))))
+    assert not m.winograd["used"] and "more memory" in m.winograd["reason"]
+    assert m.winograd["file"] not in m.data["files"] and not (m.folder / m.winograd["file"]).exists()
+
+
+def test_bad_winograd_mode_is_refused():
+    from cmrt.engine.options import BuildOptions
+
+    with pytest.raises(ValueError, match="winograd must be one of"):
+        BuildOptions(winograd="sometimes")

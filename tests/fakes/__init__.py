@@ -1,0 +1,1 @@
+"""Stand-ins for what the CPU machines lack: GPU environments, TensorRT, cuda-bindings."""
