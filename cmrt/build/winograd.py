@@ -188,7 +188,7 @@ def rewrite_winograd(
         else:
             nodes = [
                 # U = G W G^T as [36, K, C]: constant, folded by ONNX Runtime at session creation. One
-                # [36, 9] x [9, K*C] GEMM (per-filter products fold ~20x slower); transposing the 9-wide
+                # [36, 9] x [9, K*C] GEMM (per-filter products fold far slower); transposing the 9-wide
                 # weights rather than the 36-wide result.
                 helper.make_node("Reshape", [node.input[1], shape_const("w_shape", [k * c, KERNEL * KERNEL])], [f"{p}/W_flat"]),
                 helper.make_node("Transpose", [f"{p}/W_flat"], [f"{p}/W_t"], perm=[1, 0]),

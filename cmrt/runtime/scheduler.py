@@ -193,8 +193,8 @@ def step_constants(schedule: Schedule, cfg: SchedulerConfig) -> tuple[StepConsta
 # The sampling loop splits each step around the UNet call: everything that does not need the
 # UNet's output (input scaling, the skip term, the scaled noise) is done before it, so that
 # after the call, when the UNet has evicted the host's caches (the first numpy operation then
-# costs 10-40 us on the 2-core benchmark machine instead of 1.5, `python -m
-# benchmarks.host_overhead`), only two to four in-place operations remain. No function here
+# costs several times what it costs warm: `python -m benchmarks.host_overhead` measures it),
+# only two to four in-place operations remain. No function here
 # allocates; the float32 operations and their order are diffusers', so results are
 # bit-identical to the one-shot formulas.
 
@@ -203,7 +203,7 @@ def step_constants(schedule: Schedule, cfg: SchedulerConfig) -> tuple[StepConsta
 _divide, _multiply, _add = np.divide, np.multiply, np.add
 _MINUS_ONE, _ONE = np.float32(-1.0), np.float32(1.0)
 
-try:  # the clip ufunc itself: np.clip's Python wrapper costs ~10 us more when the caches are cold
+try:  # the clip ufunc itself: np.clip's Python wrapper adds its own dispatch, which is slow when the caches are cold
     from numpy._core.umath import clip as clip_ufunc  # numpy >= 2
 except ImportError:  # numpy 1.x
     from numpy.core.umath import clip as clip_ufunc
