@@ -7,16 +7,50 @@ own `Triton.bind` is not used for the model: its proxy can only fail a whole dyn
 with HTTP 500 and a traceback, while a bad request here must get a 400 naming the problem
 without failing the requests batched with it. The Python backend answers per request.
 
-Everything the server creates lives in one workspace (a temporary folder) and under one
-shared-memory prefix; `stop()` ends the server's whole process group and removes both.
+Processes. `cmrt serve` (this process) starts a small supervisor (`SUPERVISOR`, stdlib
+only, its own session) that starts tritonserver in a session of its own; the Python
+backend stubs are tritonserver's children, in its process group. The supervisor holds the
+read end of a pipe whose write end only this process holds: when this process dies, however
+it dies (SIGKILL included), the pipe reads EOF and the supervisor kills tritonserver's whole
+group and removes the workspace and shared memory. tritonserver also gets
+PR_SET_PDEATHSIG=SIGKILL towards the supervisor, so killing the supervisor ends it too.
+What a harder death leaves (all of them killed at once, a power cut) the next start removes:
+workspaces (`cmrt-serve-<pid>-*` under the temporary folder) and shared-memory segments
+(`/dev/shm/cmrt-<pid>-<hex>-*`) whose owner pid is gone and that no live process names
+(`remove_stale`).
+
+HTTP front. Triton 2.51's HTTP front end has no request-size limit (no
+`--http-max-input-size`; that option came in later Triton releases: it reads any body
+whole, then parses it) and answers a body that is not JSON with HTTP 500. Its Python
+backend cannot help: a model sees decoded tensors, never the body, and Triton already
+rejects tensors of the wrong shape or batch before the model runs. So `cmrt serve` listens
+on the public HTTP port itself (`_Front`, a small threaded proxy in this process) and
+forwards to tritonserver on a private loopback port: bodies over `max_request_bytes` get 413
+before they are read (decompressed size too, for gzip/deflate bodies), bodies whose JSON
+does not parse get 400, and Triton's own 500s for malformed request JSON ("Unable to parse
+'...'") become 400. gRPC goes to tritonserver directly and has no cap of cmrt's: Triton
+2.51 accepts gRPC messages up to 2 GiB (`--grpc-port 0` turns gRPC off). `max_request_bytes=0`
+serves HTTP from tritonserver directly, without the cap or the 400s.
+
+Stopping. On SIGTERM/SIGINT the front stops accepting connections, finishes every request
+in flight (new requests on kept-alive connections get 503), then tritonserver gets SIGTERM
+and finishes what gRPC has in flight: all within `drain_timeout` (tritonserver's
+`--exit-timeout-secs` is as long). A second signal stops at once.
 """
 from __future__ import annotations
 
+import errno
+import http.client
+import json
 import logging
+import math
 import os
+import re
 import secrets
+import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -25,12 +59,17 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 from .handler import ServeSettings
 
 logger = logging.getLogger(__name__)
+
+WORKSPACE_PREFIX = "cmrt-serve-"
+SHM_DIR = Path("/dev/shm")
 
 
 class ServeError(RuntimeError):
@@ -76,9 +115,25 @@ def pytriton_paths() -> dict[str, Path]:
     return paths
 
 
+def default_max_request_bytes(max_batch: int) -> int:
+    """The default HTTP body cap: 16 KiB of JSON and headers, plus 256 bytes per batch row.
+
+    The largest valid request is `max_batch` rows of three [1]-shaped integer inputs: about 63
+    bytes a row as compact JSON (three 20-digit numbers), 24 as binary tensors.
+    """
+    return 16384 + 256 * max_batch
+
+
 @dataclass
 class ServeOptions:
-    """Where and how `cmrt serve` listens. Ports 0 disable gRPC / metrics."""
+    """Where and how `cmrt serve` listens. Ports 0 disable gRPC / metrics.
+
+    `max_request_bytes`: cap on an HTTP request body (None: `default_max_request_bytes` of the
+    model's max batch; 0: no cap and no front, tritonserver answers HTTP itself).
+    `drain_timeout`: on stop, how long requests in flight get to finish (tritonserver's
+    --exit-timeout-secs too); `stop_grace`: then, how long model unloading and exit may take
+    before the processes are killed.
+    """
 
     host: str = "127.0.0.1"
     http_port: int = 8000
@@ -93,11 +148,480 @@ class ServeOptions:
     precision: str | None = None
     threads: int | None = None
     startup_timeout: float = 120.0
-    stop_timeout: float = 6.0
-    exit_timeout_secs: int = 3  # tritonserver's wait for in-flight requests on shutdown
+    max_request_bytes: int | None = None
+    drain_timeout: float = 300.0
+    stop_grace: float = 15.0
     verbose: bool = False
 
+    def __post_init__(self):
+        if self.max_request_bytes is not None and self.max_request_bytes < 0:
+            raise ValueError(f"max_request_bytes must be >= 0 (0: no cap), got {self.max_request_bytes}")
+        if not self.drain_timeout > 0:
+            raise ValueError(f"drain_timeout must be > 0 seconds, got {self.drain_timeout}")
 
+
+# --- the supervisor -----------------------------------------------------------------------
+SUPERVISOR = Path(__file__).resolve().with_name("supervisor.py")  # run by path: stdlib only, no cmrt import
+
+
+# --- what a killed server left ------------------------------------------------------------
+_WORKSPACE_RE = re.compile(r"^cmrt-serve-(\d+)-")
+_SHM_RE = re.compile(r"^(cmrt-(\d+)-[0-9a-f]{8}-)")
+
+
+def _process_start(pid: int) -> float | None:
+    """Start time of `pid` (seconds since the epoch, 1 s resolution), None if unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])
+        btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime "))
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def owner_alive(pid: int, made_at: float) -> bool:
+    """Whether `pid`, which made a file at `made_at` (epoch seconds), still runs.
+
+    A pid that now belongs to a process started after the file was made was reused: dead owner.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # someone else's process: alive
+    start = _process_start(pid)
+    return start is None or start <= made_at + 2.0  # btime has 1 s resolution
+
+
+def _cmdlines() -> list[str]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                out.append((d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+            except OSError:
+                continue
+    return out
+
+
+def remove_stale(tmpdir: str | os.PathLike | None = None, shm_dir: str | os.PathLike = SHM_DIR) -> list[str]:
+    """Remove the workspaces and shared-memory segments of `cmrt serve`s that are gone; return them.
+
+    Owner: the pid in the name (`cmrt-serve-<pid>-*` in `tmpdir`, default the temporary folder;
+    `cmrt-<pid>-<hex8>-*` in `shm_dir`). Kept when that pid runs (and started before the file
+    was made) or when any live process's command line names the folder or the prefix (the
+    supervisor and tritonserver of a server whose cmrt process just died, still cleaning up).
+    """
+    lines = None
+    removed = []
+    root = Path(tmpdir or tempfile.gettempdir())
+    for d in sorted(root.glob(f"{WORKSPACE_PREFIX}*")):
+        m = _WORKSPACE_RE.match(d.name)
+        try:
+            if not m or d.is_symlink() or not d.is_dir() or d.stat().st_uid != os.getuid():
+                continue
+            if owner_alive(int(m[1]), d.stat().st_ctime):
+                continue
+        except OSError:
+            continue
+        lines = _cmdlines() if lines is None else lines
+        if any(str(d) in line for line in lines):
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(str(d))
+    shm = Path(shm_dir)
+    for f in sorted(shm.iterdir()) if shm.is_dir() else []:
+        m = _SHM_RE.match(f.name)
+        try:
+            if not m or f.lstat().st_uid != os.getuid() or owner_alive(int(m[2]), f.lstat().st_ctime):
+                continue
+        except OSError:
+            continue
+        lines = _cmdlines() if lines is None else lines
+        if any(m[1] in line for line in lines):
+            continue
+        try:
+            f.unlink()
+            removed.append(str(f))
+        except OSError:
+            pass
+    if removed:
+        logger.info("removed what stopped servers left: %s", ", ".join(removed))
+    return removed
+
+
+# --- the HTTP front -----------------------------------------------------------------------
+_HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te",
+               "trailer", "transfer-encoding", "upgrade", "content-length", "host"}
+# Triton 2.51 answers malformed request JSON with 500 and these messages (http_server.cc)
+_TRITON_PARSE_ERRORS = ("failed to parse the request JSON buffer", "Unable to parse '", "Unable to parse request")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Conn:
+    """One client connection: whether it is inside a request, and its connection to tritonserver."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.accepted = time.monotonic()
+        self.busy = False
+        self.requests = 0
+        self.closing = False
+        self.upstream: http.client.HTTPConnection | None = None
+
+    def close_upstream(self) -> None:
+        if self.upstream is not None:
+            self.upstream.close()
+            self.upstream = None
+
+
+class _FrontHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "cmrt"
+    timeout = 60.0  # a client that stalls mid-request (or idles on a kept-alive connection) is dropped
+
+    def __init__(self, request, client_address, front: "_Front", conn: _Conn):
+        self.front = front
+        self.conn = conn
+        super().__init__(request, client_address, front)
+
+    def log_message(self, format, *args):  # noqa: A002
+        logger.debug("front %s: " + format, self.address_string(), *args)
+
+    # --- request boundaries ------------------------------------------------------------
+    def parse_request(self):
+        with self.front.lock:
+            if self.conn.closing:
+                self.close_connection = True
+                return False
+            self.conn.busy = True
+        return super().parse_request()
+
+    def handle_one_request(self):
+        try:
+            super().handle_one_request()
+        finally:
+            with self.front.lock:
+                if self.conn.busy:
+                    self.conn.requests += 1
+                self.conn.busy = False
+                self.front.idle.notify_all()
+            if self.front.draining:
+                self.close_connection = True
+
+    def handle_expect_100(self):
+        length = self._content_length()
+        if length is not None and length > self.front.max_bytes:
+            self._too_large(length)
+            return False
+        return super().handle_expect_100()
+
+    # --- replies --------------------------------------------------------------------------
+    def _reply(self, status: int, body: bytes, headers: list[tuple[str, str]] = (), close: bool = False) -> None:
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        if close or self.front.draining:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _error(self, status: int, message: str, close: bool = False) -> None:
+        self._reply(status, json.dumps({"error": message}).encode(), [("Content-Type", "application/json")], close)
+
+    def _too_large(self, size: int | None) -> None:
+        what = f" ({size} bytes)" if size is not None else ""
+        self._error(413, f"request body{what} over this server's limit of {self.front.max_bytes} bytes "
+                         "(cmrt serve --max-request-bytes)", close=True)
+        self.wfile.flush()
+        # read and drop what the client still sends, briefly, so that it sees the 413 and not a reset
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+            end = time.monotonic() + 2.0
+            while time.monotonic() < end:
+                self.connection.settimeout(max(0.01, end - time.monotonic()))
+                if not self.connection.recv(65536):
+                    break
+        except OSError:
+            pass
+
+    # --- bodies ---------------------------------------------------------------------------
+    def _content_length(self) -> int | None:
+        v = self.headers.get("Content-Length")
+        if v is None:
+            return None
+        try:
+            n = int(v)
+        except ValueError:
+            return -1
+        return n if n >= 0 else -1
+
+    def _read_body(self) -> bytes | None:
+        """The body, decoded from chunked transfer and gzip/deflate; None once an error was sent."""
+        cap = self.front.max_bytes
+        te = self.headers.get("Transfer-Encoding", "").strip().lower()
+        if te and te != "identity":
+            if te != "chunked":
+                self._error(501, f"Transfer-Encoding {te!r} is not supported", close=True)
+                return None
+            body = bytearray()
+            while True:
+                line = self.rfile.readline(1024)
+                try:
+                    size = int(line.split(b";")[0].strip(), 16)
+                except ValueError:
+                    self._error(400, "bad chunked body", close=True)
+                    return None
+                if size == 0:
+                    while self.rfile.readline(65537).strip():  # trailers
+                        pass
+                    break
+                if len(body) + size > cap:
+                    self._too_large(None)
+                    return None
+                chunk = self.rfile.read(size)
+                self.rfile.readline(3)
+                if len(chunk) < size:
+                    self.close_connection = True
+                    return None
+                body += chunk
+            body = bytes(body)
+        else:
+            n = self._content_length()
+            if n == -1:
+                self._error(400, "bad Content-Length", close=True)
+                return None
+            n = n or 0
+            if n > cap:
+                self._too_large(n)
+                return None
+            body = self.rfile.read(n) if n else b""
+            if len(body) < n:  # the client went away
+                self.close_connection = True
+                return None
+        encoding = self.headers.get("Content-Encoding", "").strip().lower()
+        if encoding in ("gzip", "deflate"):
+            try:
+                d = zlib.decompressobj(31 if encoding == "gzip" else 15)
+                body = d.decompress(body, cap + 1)
+                if len(body) > cap or d.unconsumed_tail:
+                    self._too_large(None)
+                    return None
+                body += d.flush()
+            except zlib.error as e:
+                self._error(400, f"bad {encoding} body: {e}")
+                return None
+        elif encoding not in ("", "identity"):
+            self._error(415, f"Content-Encoding {encoding!r} is not supported (gzip, deflate)")
+            return None
+        return body
+
+    def _json_error(self, body: bytes) -> str | None:
+        """Why a POST body's JSON part does not parse, or None."""
+        if self.command != "POST" or not body:
+            return None
+        n = self.headers.get("Inference-Header-Content-Length")
+        head = body
+        if n is not None:
+            try:
+                n = int(n)
+            except ValueError:
+                return f"Inference-Header-Content-Length must be an integer, got {n!r}"
+            if not 0 <= n <= len(body):
+                return f"Inference-Header-Content-Length {n} is outside the body's {len(body)} bytes"
+            if n == 0:
+                return None
+            head = body[:n]
+        try:
+            doc = json.loads(head)
+        except (ValueError, UnicodeDecodeError) as e:
+            return f"request body is not valid JSON: {e}"
+        if not isinstance(doc, dict):
+            return f"request JSON must be an object, got {type(doc).__name__}"
+        return None
+
+    # --- forwarding ---------------------------------------------------------------------
+    def _proxy(self) -> None:
+        if self.front.draining and self.conn.requests > 0:
+            self._error(503, "server is shutting down", close=True)
+            return
+        body = self._read_body()
+        if body is None:
+            return
+        problem = self._json_error(body)
+        if problem:
+            self._error(400, problem)
+            return
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP and k.lower() != "content-encoding"}
+        headers["Content-Length"] = str(len(body))
+        try:
+            status, reason, rheaders, data = self.front.forward(self.conn, self.command, self.path, body, headers)
+        except (OSError, http.client.HTTPException) as e:
+            self._error(502, f"tritonserver did not answer: {e!r}")
+            return
+        if status == 500 and any(m.encode() in data[:500] for m in _TRITON_PARSE_ERRORS):
+            status = 400  # Triton's 500 for a malformed request: the client's error
+        self._reply(status, data, [(k, v) for k, v in rheaders if k.lower() not in _HOP_BY_HOP])
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _proxy
+
+
+class _Front:
+    """The public HTTP port: caps bodies, answers bad JSON with 400, forwards to tritonserver."""
+
+    def __init__(self, host: str, port: int, upstream_port: int, max_bytes: int):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.sock.bind((host, port))
+        except OSError as e:
+            self.sock.close()
+            raise ServeError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+        self.sock.listen(256)
+        self.port = self.sock.getsockname()[1]
+        self.upstream_port = upstream_port
+        self.max_bytes = max_bytes
+        self.lock = threading.Lock()
+        self.idle = threading.Condition(self.lock)
+        self.conns: set[_Conn] = set()
+        self.draining = False
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._accept_loop, name="cmrt-front", daemon=True)
+        self._thread.start()
+
+    def _accept_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                ready, _, _ = select.select([self.sock], [], [], 0.2)
+            except (OSError, ValueError):
+                return
+            if ready and not self._closed.is_set():
+                self._accept()
+
+    def _accept(self) -> bool:
+        try:
+            sock, addr = self.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                time.sleep(0.1)
+            return False
+        conn = _Conn(sock)
+        with self.lock:
+            self.conns.add(conn)
+        threading.Thread(target=self._serve, args=(conn, addr), name="cmrt-front-conn", daemon=True).start()
+        return True
+
+    def _serve(self, conn: _Conn, addr) -> None:
+        try:
+            _FrontHandler(conn.sock, addr, self, conn)
+        except OSError:
+            pass
+        except Exception:
+            logger.exception("HTTP front: connection from %s failed", addr)
+        finally:
+            conn.close_upstream()
+            try:
+                conn.sock.close()
+            except OSError:
+                pass
+            with self.lock:
+                self.conns.discard(conn)
+                self.idle.notify_all()
+
+    def forward(self, conn: _Conn, method: str, path: str, body: bytes, headers: dict):
+        """One request to tritonserver on this connection's upstream (kept alive; retried once if stale)."""
+        for attempt in (0, 1):
+            reused = conn.upstream is not None
+            if conn.upstream is None:
+                conn.upstream = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=None)
+            try:
+                conn.upstream.request(method, path, body=body, headers=headers)
+                r = conn.upstream.getresponse()
+                data = r.read()
+                if r.will_close:
+                    conn.close_upstream()
+                return r.status, r.reason, r.getheaders(), data
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                conn.close_upstream()
+                if not reused or attempt:
+                    raise
+            except BaseException:
+                conn.close_upstream()
+                raise
+        raise AssertionError("unreachable")
+
+    def in_flight(self) -> int:
+        with self.lock:
+            return sum(c.busy for c in self.conns)
+
+    def drain(self, deadline: float, abort: threading.Event | None = None) -> int:
+        """Stop accepting, let requests in flight finish (until `deadline`); return how many were cut off."""
+        with self.lock:
+            self.draining = True
+        self._closed.set()
+        if self._thread is not None:
+            self._thread.join(2.0)
+        # connections the kernel already accepted are served: their first request was sent before the stop
+        try:
+            self.sock.setblocking(False)
+            while self._accept():
+                pass
+        except OSError:
+            pass
+        self.sock.close()
+        fresh_until = time.monotonic() + 2.0  # a connection just accepted gets 2 s to send its request
+        with self.lock:
+            while True:
+                now = time.monotonic()
+                for c in self.conns:  # kept-alive connections between requests: close them
+                    if not c.busy and not c.closing and (c.requests > 0 or now > fresh_until):
+                        c.closing = True
+                        with _suppress_os():
+                            c.sock.shutdown(socket.SHUT_RDWR)
+                waiting = [c for c in self.conns if c.busy or (c.requests == 0 and not c.closing)]
+                if not waiting or now >= deadline or (abort is not None and abort.is_set()):
+                    break
+                self.idle.wait(0.1)
+            cut = sum(c.busy for c in self.conns)
+        return cut
+
+    def close(self) -> None:
+        """Close every connection (a hard stop, or after `drain`)."""
+        self._closed.set()
+        with _suppress_os():
+            self.sock.close()
+        with self.lock:
+            conns = list(self.conns)
+        for c in conns:
+            c.closing = True
+            with _suppress_os():
+                c.sock.shutdown(socket.SHUT_RDWR)
+            c.close_upstream()
+
+
+class _suppress_os:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, value, tb):
+        return typ is not None and issubclass(typ, OSError)
+
+
+# --- the server -----------------------------------------------------------------------------
 class TritonServer:
     """One tritonserver on one engine folder. Use as a context manager, or start()/stop()."""
 
@@ -112,7 +636,12 @@ class TritonServer:
         self.options = options or ServeOptions()
         self.workspace: Path | None = None
         self.shm_prefix = f"cmrt-{os.getpid()}-{secrets.token_hex(4)}-"
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen | None = None  # the supervisor
+        self.triton_pid: int | None = None
+        self.triton_http_port: int | None = None
+        self.max_request_bytes: int | None = None  # the cap in force (None: no front)
+        self.front: _Front | None = None
+        self._watch: int | None = None  # write end of the supervisor's pipe
         self._log = None
         self._lock = threading.Lock()
 
@@ -134,21 +663,29 @@ class TritonServer:
         return f"http://{self._hostport(self.options.metrics_port)}/metrics"
 
     @property
+    def triton_url(self) -> str:
+        """tritonserver's own HTTP endpoint (behind the front, when there is one)."""
+        if self.front is None:
+            return self.url
+        return f"http://127.0.0.1:{self.triton_http_port}"
+
+    @property
     def log_path(self) -> Path | None:
         return None if self.workspace is None else self.workspace / "tritonserver.log"
 
     # --- life cycle ---------------------------------------------------------------------
     def _command(self, paths, repo: Path, backends: Path) -> list[str]:
         o = self.options
+        http_host, http_port = ("127.0.0.1", self.triton_http_port) if self.front is not None else (o.host, o.http_port)
         cmd = [
             str(paths["tritonserver"]),
             f"--model-repository={repo}",
             f"--backend-directory={backends}",
             "--model-control-mode=none",
             "--strict-readiness=true",
-            f"--exit-timeout-secs={o.exit_timeout_secs}",
-            f"--http-address={o.host}",
-            f"--http-port={o.http_port}",
+            f"--exit-timeout-secs={max(1, math.ceil(o.drain_timeout))}",
+            f"--http-address={http_host}",
+            f"--http-port={http_port}",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             "--backend-config=python,shm-default-byte-size=4194304",
             "--backend-config=python,shm-growth-byte-size=4194304",
@@ -185,8 +722,14 @@ class TritonServer:
         env["TMPDIR"] = str(tmp)
         return env
 
+    @staticmethod
+    def _repo_max_batch(repo: Path) -> int:
+        m = re.search(r"^max_batch_size:\s*(\d+)", (repo / "cmrt" / "config.pbtxt").read_text(), re.M)
+        return int(m[1]) if m else 256
+
     def start(self, abort: threading.Event | None = None) -> "TritonServer":
         """Write the workspace, launch tritonserver, and wait until the model is ready."""
+        from .local import free_ports
         from .triton_repo import RepoOptions, write_repository
 
         with self._lock:
@@ -194,7 +737,8 @@ class TritonServer:
                 raise RuntimeError("server already started")
             paths = pytriton_paths()
             o = self.options
-            self.workspace = Path(tempfile.mkdtemp(prefix="cmrt-serve-"))
+            remove_stale()
+            self.workspace = Path(tempfile.mkdtemp(prefix=f"{WORKSPACE_PREFIX}{os.getpid()}-"))
             try:
                 repo_opts = RepoOptions(
                     unet="inprocess",
@@ -212,30 +756,50 @@ class TritonServer:
                     repo = self.repository
                 else:
                     repo = write_repository(self.engine_dir, self.workspace / "repo", repo_opts, link_engine=True, vendor=False)
+                if o.max_request_bytes != 0:
+                    self.max_request_bytes = o.max_request_bytes or default_max_request_bytes(self._repo_max_batch(repo))
+                    self.triton_http_port = free_ports(1)[0]
+                    self.front = _Front(o.host, o.http_port, self.triton_http_port, self.max_request_bytes)
                 backends = self.workspace / "backends"
                 shutil.copytree(paths["python_backend"], backends / "python", ignore=shutil.ignore_patterns("__pycache__"))
                 shutil.copy2(paths["stub"], backends / "python" / "triton_python_backend_stub")
                 cmd = self._command(paths, repo, backends)
                 self._log = open(self.workspace / "tritonserver.log", "wb")
                 logger.debug("starting %s", " ".join(cmd))
-                self.process = subprocess.Popen(
-                    cmd, env=self._env(paths), stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    start_new_session=True,  # its own process group: stop() ends it and the backend stubs together
-                )
+                r, self._watch = os.pipe()
+                try:
+                    self.process = subprocess.Popen(
+                        [sys.executable, "-I", str(SUPERVISOR), str(r), str(self.workspace), self.shm_prefix, *cmd],
+                        env=self._env(paths), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log,
+                        pass_fds=(r,), start_new_session=True,
+                    )
+                finally:
+                    os.close(r)
+                line = self.process.stdout.readline()
+                self.process.stdout.close()
+                if not line.strip().isdigit():
+                    raise ServeError(f"the tritonserver supervisor failed (exit code {self.process.wait()}):\n{self.log_tail()}")
+                self.triton_pid = int(line)
             except BaseException:
+                if self.front is not None:
+                    self.front.close()
+                self._hard_stop()
                 self._cleanup()
                 raise
         try:
             self._wait_ready(abort)
         except BaseException:
-            self.stop()
+            self.kill()
             raise
-        logger.info("tritonserver %d ready on %s", self.process.pid, self.url)
+        if self.front is not None:
+            self.front.start()
+        logger.info("tritonserver %d ready on %s%s", self.triton_pid, self.url,
+                    f" (HTTP front: bodies up to {self.max_request_bytes} bytes)" if self.front else "")
         return self
 
     def _wait_ready(self, abort: threading.Event | None) -> None:
         deadline = time.monotonic() + self.options.startup_timeout
-        url = f"{self.url}/v2/models/cmrt/ready"
+        url = f"{self.triton_url}/v2/models/cmrt/ready"
         while True:
             if abort is not None and abort.is_set():
                 raise KeyboardInterrupt("stopped while starting")
@@ -268,31 +832,79 @@ class TritonServer:
         except subprocess.TimeoutExpired:
             return None
 
-    def stop(self) -> int | None:
-        """SIGTERM (in-flight requests finish), SIGKILL after `stop_timeout`; then remove everything."""
+    def stop(self, abort: threading.Event | None = None, drain_timeout: float | None = None) -> int | None:
+        """Drain, then stop: the front stops accepting and finishes its requests in flight, tritonserver
+        gets SIGTERM and finishes the rest (gRPC), all within `drain_timeout` (default: the options');
+        then up to `stop_grace` for unloading. Past that, or once `abort` is set, everything is
+        killed. Removes the workspace and shared memory; returns tritonserver's exit code."""
+        o = self.options
         with self._lock:
+            deadline = time.monotonic() + (o.drain_timeout if drain_timeout is None else drain_timeout)
+            if self.front is not None:
+                if self.alive():
+                    n = self.front.in_flight()
+                    if n:
+                        logger.info("finishing %d HTTP request(s) in flight (up to %.0f s)", n, deadline - time.monotonic())
+                    t0 = time.monotonic()
+                    cut = self.front.drain(deadline, abort)
+                    if cut:
+                        logger.warning("stopping with %d HTTP request(s) unfinished", cut)
+                    elif n:
+                        logger.info("HTTP requests finished in %.1f s", time.monotonic() - t0)
+                self.front.close()
             code = None
             p = self.process
             if p is not None:
-                pgid = p.pid
                 if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)
+                    t_term = time.monotonic()
                     try:
-                        p.wait(self.options.stop_timeout)
-                    except subprocess.TimeoutExpired:
-                        logger.warning("tritonserver did not stop within %.0f s; killing it", self.options.stop_timeout)
-                        self._killpg(pgid, signal.SIGKILL)
-                        p.wait()
-                code = p.returncode
-                # backend stubs still in the group (after a crash or a kill) get 2 s, then SIGKILL
-                deadline = time.monotonic() + 2.0
-                while self._killpg(pgid, 0) and time.monotonic() < deadline + 1.0:  # zombies never leave
-                    if time.monotonic() > deadline:
-                        self._killpg(pgid, signal.SIGKILL)
-                    time.sleep(0.05)
-                self.process = None
+                        os.write(self._watch, b"t")
+                    except OSError:
+                        pass
+                    end = deadline + o.stop_grace
+                    while p.poll() is None and time.monotonic() < end and not (abort is not None and abort.is_set()):
+                        try:
+                            p.wait(0.1)
+                        except subprocess.TimeoutExpired:
+                            pass
+                    if p.poll() is None:
+                        logger.warning("tritonserver did not stop in time; killing it")
+                    else:
+                        logger.info("tritonserver stopped %.1f s after SIGTERM (exit code %s)", time.monotonic() - t_term, p.returncode)
+                code = self._hard_stop()
             self._cleanup()
             return code
+
+    def kill(self) -> int | None:
+        """Stop now: kill tritonserver and its stubs, close connections, remove everything."""
+        with self._lock:
+            if self.front is not None:
+                self.front.close()
+            code = self._hard_stop()
+            self._cleanup()
+            return code
+
+    def _hard_stop(self) -> int | None:
+        """Close the supervisor's pipe (it kills tritonserver's group and exits); make sure of it."""
+        if self._watch is not None:
+            with _suppress_os():
+                os.close(self._watch)
+            self._watch = None
+        p = self.process
+        if p is None:
+            return None
+        try:
+            p.wait(10.0)
+        except subprocess.TimeoutExpired:
+            self._killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        if self.triton_pid is not None and p.returncode < 0:  # the supervisor was killed: end tritonserver's group here
+            deadline = time.monotonic() + 3.0
+            while self._killpg(self.triton_pid, signal.SIGKILL) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        code = p.returncode
+        self.process = None
+        return code
 
     @staticmethod
     def _killpg(pgid: int, sig: int) -> bool:
@@ -307,9 +919,8 @@ class TritonServer:
         if self._log is not None:
             self._log.close()
             self._log = None
-        shm = Path("/dev/shm")
-        if shm.is_dir():
-            for f in shm.glob(f"{self.shm_prefix}*"):
+        if SHM_DIR.is_dir():
+            for f in SHM_DIR.glob(f"{self.shm_prefix}*"):
                 try:
                     f.unlink()
                 except OSError:
@@ -326,19 +937,23 @@ class TritonServer:
 
 
 def serve(model_or_dir: str | os.PathLike, options: ServeOptions | None = None, ready=None) -> int:
-    """Serve until SIGTERM or SIGINT (or the server dies); clean up and return an exit code.
+    """Serve until SIGTERM or SIGINT (or the server dies); drain, clean up and return an exit code.
 
-    `ready(server)` is called once the model is ready (the CLI prints the endpoints).
+    The first signal drains (requests in flight finish, up to `drain_timeout`); a second one
+    stops at once. `ready(server)` is called once the model is ready (the CLI prints the endpoints).
     """
     from ..runtime.loading import find_engine_folder
 
     engine = find_engine_folder(model_or_dir)
     server = TritonServer(engine, options)
     stop = threading.Event()
+    now = threading.Event()
     received: list[int] = []
 
     def on_signal(signum, frame):
         received.append(signum)
+        if stop.is_set():
+            now.set()
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -352,10 +967,12 @@ def serve(model_or_dir: str | os.PathLike, options: ServeOptions | None = None, 
         while not stop.wait(0.25):
             if not server.alive():
                 logger.error("tritonserver exited unexpectedly (code %s):\n%s", server.process.poll(), server.log_tail())
+                now.set()
                 return 1
-        logger.info("signal %s: stopping", signal.Signals(received[0]).name if received else "?")
+        logger.info("signal %s: stopping (requests in flight finish, up to %.0f s; a second signal stops now)",
+                    signal.Signals(received[0]).name if received else "?", server.options.drain_timeout)
         return 0
     finally:
-        server.stop()
+        server.stop(abort=now, drain_timeout=0 if now.is_set() else None)
         for s, h in previous.items():
             signal.signal(s, h)
