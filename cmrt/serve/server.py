@@ -346,9 +346,10 @@ class _FrontHandler(BaseHTTPRequestHandler):
         try:
             self.connection.shutdown(socket.SHUT_WR)
             end = time.monotonic() + 2.0
+            buf = memoryview(bytearray(65536))
             while time.monotonic() < end:
                 self.connection.settimeout(max(0.01, end - time.monotonic()))
-                if not self.connection.recv(65536):
+                if not self.connection.recv_into(buf):
                     break
         except OSError:
             pass
