@@ -45,9 +45,10 @@ def _have_pytriton() -> bool:
 
 def _skip_reason() -> str | None:
     if not _have_pytriton():
-        return "serving tests need nvidia-pytriton (the tritonserver it ships): pip install 'cmrt[serve]'"
+        return "serving tests need nvidia-pytriton (the tritonserver it ships): `make test-serve` (pip install 'cmrt[serve]')"
     if int(np.__version__.split(".")[0]) >= 2:
-        return f"numpy {np.__version__}: Triton 2.51's Python backend (nvidia-pytriton) needs numpy < 2 (pip install 'cmrt[serve]')"
+        return (f"numpy {np.__version__}: Triton 2.51's Python backend (nvidia-pytriton) needs numpy < 2: `make test-serve` "
+                "(pip install 'cmrt[serve]')")
     return None
 
 

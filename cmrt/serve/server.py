@@ -169,13 +169,12 @@ _WORKSPACE_RE = re.compile(r"^cmrt-serve-(\d+)-")
 _SHM_RE = re.compile(r"^(cmrt-(\d+)-[0-9a-f]{8}-)")
 
 
-def _process_start(pid: int) -> float | None:
-    """Start time of `pid` (seconds since the epoch, 1 s resolution), None if unknown."""
+def _process_start(pid: int) -> tuple[str, float] | None:
+    """State and start time (seconds since the epoch, 1 s resolution) of `pid`, None if unknown."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        ticks = int(stat.rsplit(")", 1)[1].split()[19])
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime "))
-        return btime + ticks / os.sysconf("SC_CLK_TCK")
+        return fields[0], btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, StopIteration):
         return None
 
@@ -183,7 +182,8 @@ def _process_start(pid: int) -> float | None:
 def owner_alive(pid: int, made_at: float) -> bool:
     """Whether `pid`, which made a file at `made_at` (epoch seconds), still runs.
 
-    A pid that now belongs to a process started after the file was made was reused: dead owner.
+    A zombie is dead; a pid that now belongs to a process started after the file was made was
+    reused: dead owner. When in doubt (no /proc), alive.
     """
     try:
         os.kill(pid, 0)
@@ -191,8 +191,11 @@ def owner_alive(pid: int, made_at: float) -> bool:
         return False
     except PermissionError:
         pass  # someone else's process: alive
-    start = _process_start(pid)
-    return start is None or start <= made_at + 2.0  # btime has 1 s resolution
+    st = _process_start(pid)
+    if st is None:
+        return True
+    state, start = st
+    return state not in ("Z", "X") and start <= made_at + 2.0  # btime has 1 s resolution
 
 
 def _cmdlines() -> list[str]:
