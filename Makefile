@@ -31,6 +31,7 @@ setup-serve: $(VENV_SERVE)/.cmrt-setup
 
 $(VENV_SERVE)/.cmrt-setup: pyproject.toml
 	$(PYTHON) -m venv --clear $(VENV_SERVE)
+	echo '*' > $(VENV_SERVE)/.gitignore  # git ignores the venv (what Python >= 3.13's venv writes itself)
 	$(PY_SERVE) -m pip install -q --upgrade pip
 	$(PY_SERVE) -m pip install -q torch==2.13.0
 	$(PY_SERVE) -m pip install -q -e '.[cpu,export,dev,serve]'
