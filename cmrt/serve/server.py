@@ -262,16 +262,11 @@ _HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authentica
 _TRITON_PARSE_ERRORS = ("failed to parse the request JSON buffer", "Unable to parse '", "Unable to parse request")
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class _Conn:
     """One client connection: whether it is inside a request, and its connection to tritonserver."""
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
-        self.accepted = time.monotonic()
         self.busy = False
         self.requests = 0
         self.closing = False
