@@ -9,17 +9,31 @@ BATCH  ?= 8
 ARGS   ?=
 
 VENV_GPU ?= .venv-gpu
+# Serving (nvidia-pytriton 0.7, Triton 2.51) needs numpy < 2: its own venv, so that .venv has what
+# `pip install 'cmrt[cpu]'` gives users (numpy 2).
+VENV_SERVE ?= .venv-serve
+PY_SERVE := $(VENV_SERVE)/bin/python
 
-.PHONY: setup setup-gpu engine generate demo doctor test test-slow test-gpu bench clean
+.PHONY: setup setup-serve setup-gpu engine generate demo doctor test test-main test-serve test-slow test-gpu bench clean
 
 setup: $(VENV)/.cmrt-setup
 
 # torch is pinned to the local CPU wheel (a bare `torch` pulls a multi-GB CUDA build).
+# --clear: a .venv made before the split (with the serving extra and numpy 1) is rebuilt, not patched.
 $(VENV)/.cmrt-setup: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv --clear $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[cpu,openvino,export,dev,serve]'
+	$(PY) -m pip install -q -e '.[cpu,openvino,export,dev]' 'numpy>=2'
+	touch $@
+
+setup-serve: $(VENV_SERVE)/.cmrt-setup
+
+$(VENV_SERVE)/.cmrt-setup: pyproject.toml
+	$(PYTHON) -m venv --clear $(VENV_SERVE)
+	$(PY_SERVE) -m pip install -q --upgrade pip
+	$(PY_SERVE) -m pip install -q torch==2.13.0
+	$(PY_SERVE) -m pip install -q -e '.[cpu,export,dev,serve]'
 	touch $@
 
 engine: setup
@@ -31,8 +45,20 @@ generate: engine
 demo: setup
 	$(PY) -m cmrt demo --model $(MODEL) --engines $(ENGINES) --out $(OUT)
 
-test: setup
+# The main suite in .venv (serving tests skipped, naming `make test-serve`), then the serving tests in
+# .venv-serve; both run even when the first fails, and either failing fails `make test`.
+test: setup setup-serve
+	@status=0; \
+	$(MAKE) --no-print-directory test-main || status=1; \
+	$(MAKE) --no-print-directory test-serve || status=1; \
+	exit $$status
+
+test-main: setup
 	$(PY) -m pytest -q
+
+# CMRT_CLIENT_PYTHON: the numpy-2 .venv, whose cmrt.client is run against the server.
+test-serve: setup setup-serve
+	CMRT_RUN_SERVE=1 CMRT_CLIENT_PYTHON=$(abspath $(PY)) $(PY_SERVE) -m pytest -q -m serve
 
 test-slow: setup
 	$(PY) -m pytest -q -rP --run-slow

@@ -1,4 +1,8 @@
-"""Shared fixtures. Slow and GPU tests are skipped *visibly* (with a reason) unless asked for."""
+"""Shared fixtures. Slow, GPU and serving tests are skipped *visibly* (with a reason) unless asked for.
+
+Serving tests (marker `serve`) run in their own environment, `.venv-serve` (nvidia-pytriton pins
+numpy < 2): `make test-serve`, which sets CMRT_RUN_SERVE=1 and selects `-m serve`.
+"""
 from __future__ import annotations
 
 import os
@@ -10,6 +14,12 @@ import pytest
 def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", help="run tests marked slow (real-size models)")
     parser.addoption("--run-gpu", action="store_true", help="run tests marked gpu (needs an NVIDIA GPU)")
+    parser.addoption("--run-serve", action="store_true", help="run tests marked serve (the serving venv: make test-serve)")
+
+
+def serve_run(config=None) -> bool:
+    """This run is the serving tests' (`make test-serve`: CMRT_RUN_SERVE=1, or --run-serve)."""
+    return os.environ.get("CMRT_RUN_SERVE") == "1" or bool(config is not None and config.getoption("--run-serve"))
 
 
 def _gpu_present() -> bool:
@@ -20,7 +30,12 @@ def pytest_collection_modifyitems(config, items):
     run_slow = config.getoption("--run-slow") or os.environ.get("CMRT_RUN_SLOW") == "1"
     run_gpu = config.getoption("--run-gpu") or os.environ.get("CMRT_RUN_GPU") == "1"
     gpu = _gpu_present()
+    run_serve = serve_run(config)
     for item in items:
+        if item.get_closest_marker("serve") is not None and not run_serve:
+            # first, so that this reason is the one shown (skipif marks are evaluated before skip marks)
+            item.add_marker(pytest.mark.skipif(True, reason="serving test: run `make test-serve` (its own venv, numpy < 2)"),
+                            append=False)
         if "slow" in item.keywords and not run_slow:
             item.add_marker(pytest.mark.skip(reason="slow test: run `make test-slow` (pytest --run-slow)"))
         if "gpu" in item.keywords:

@@ -41,12 +41,15 @@ def make_parser() -> argparse.ArgumentParser:
 
 def _expected(e: BaseException) -> bool:
     """Failures a user can fix from the message alone (no traceback)."""
-    from ..engine.errors import BackendUnavailableError, EngineFolderError, EngineValidationError, ModelUnavailableError
+    from urllib.error import URLError
 
-    if isinstance(e, (ValueError, TypeError, EngineFolderError, FileNotFoundError, FileExistsError, ImportError,
-                      BackendUnavailableError, EngineValidationError, ModelUnavailableError)):
-        return True
-    return type(e).__name__ in ("ServeError", "ServerError", "URLError")
+    from ..engine.errors import BackendUnavailableError, EngineFolderError, EngineValidationError, ModelUnavailableError
+    from ..serve.client import ServerError
+    from ..serve.errors import ServeError
+
+    return isinstance(e, (ValueError, TypeError, EngineFolderError, FileNotFoundError, FileExistsError, ImportError,
+                          BackendUnavailableError, EngineValidationError, ModelUnavailableError, ServeError, ServerError,
+                          URLError))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,6 +37,11 @@ def add_parser(sub) -> None:
     p.add_argument("--metrics-port", type=int, default=8002, help="0: no metrics")
     add_runtime(p)
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: one per core)")
+    p.add_argument("--max-request-bytes", type=int,
+                   help="largest HTTP request body; larger ones get 413 (default: 16 KiB + 256 bytes per batch row; "
+                   "0: no cap, tritonserver answers HTTP itself). gRPC is not capped")
+    p.add_argument("--drain-timeout", type=float, default=300.0,
+                   help="on SIGTERM/Ctrl-C, seconds that requests in flight get to finish (default 300); a second signal stops now")
 
 
 def run(args) -> int:
@@ -46,7 +51,7 @@ def run(args) -> int:
         host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
         max_batch=args.max_batch, max_queue_delay_us=args.max_queue_delay_us, instances=args.instances or 1,
         settings=settings(args), backend=args.backend, device=args.device, precision=args.precision,
-        threads=args.threads, verbose=args.verbose,
+        threads=args.threads, verbose=args.verbose, max_request_bytes=args.max_request_bytes, drain_timeout=args.drain_timeout,
     )
 
     def ready(server):
@@ -55,7 +60,7 @@ def run(args) -> int:
             f"serving model 'cmrt' ({server.engine_dir}) on {server.url}"
             + (f", {server.grpc_url}" if o.grpc_port else "")
             + (f", metrics {server.metrics_url}" if o.metrics_port else "")
-            + f" (tritonserver pid {server.process.pid}, workspace {server.workspace}); SIGTERM or Ctrl-C stops it",
+            + f" (tritonserver pid {server.triton_pid}, workspace {server.workspace}); SIGTERM or Ctrl-C stops it",
             flush=True,
         )
 

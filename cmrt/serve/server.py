@@ -7,13 +7,30 @@ own `Triton.bind` is not used for the model: its proxy can only fail a whole dyn
 with HTTP 500 and a traceback, while a bad request here must get a 400 naming the problem
 without failing the requests batched with it. The Python backend answers per request.
 
-Everything the server creates lives in one workspace (a temporary folder) and under one
-shared-memory prefix; `stop()` ends the server's whole process group and removes both.
+Processes. `cmrt serve` (this process) starts a small supervisor (`SUPERVISOR`, stdlib
+only, its own session) that starts tritonserver in a session of its own; the Python
+backend stubs are tritonserver's children, in its process group. The supervisor holds the
+read end of a pipe whose write end only this process holds: when this process dies, however
+it dies (SIGKILL included), the pipe reads EOF and the supervisor kills tritonserver's whole
+group and removes the workspace and shared memory. tritonserver also gets
+PR_SET_PDEATHSIG=SIGKILL towards the supervisor, so killing the supervisor ends it too.
+What a harder death leaves (all of them killed at once, a power cut) the next start removes
+(`leftovers.remove_stale`).
+
+HTTP front: `front.Front` (a small threaded proxy on the public HTTP port, before
+tritonserver on a private loopback port): request-size cap and 400s for bad JSON, see there.
+
+Stopping. On SIGTERM/SIGINT the front stops accepting connections, finishes every request
+in flight (new requests on kept-alive connections get 503), then tritonserver gets SIGTERM
+and finishes what gRPC has in flight: all within `drain_timeout` (tritonserver's
+`--exit-timeout-secs` is as long). A second signal stops at once.
 """
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -28,13 +45,13 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import ServeError
+from .front import Front, suppress_os
 from .handler import ServeSettings
+from .leftovers import SHM_DIR, WORKSPACE_PREFIX, remove_stale
 
 logger = logging.getLogger(__name__)
 
-
-class ServeError(RuntimeError):
-    """The server could not be started (its log's tail is in the message)."""
 
 
 def pytriton_paths() -> dict[str, Path]:
@@ -76,9 +93,25 @@ def pytriton_paths() -> dict[str, Path]:
     return paths
 
 
+def default_max_request_bytes(max_batch: int) -> int:
+    """The default HTTP body cap: 16 KiB of JSON and headers, plus 256 bytes per batch row.
+
+    The largest valid request is `max_batch` rows of three [1]-shaped integer inputs: about 63
+    bytes a row as compact JSON (three 20-digit numbers), 24 as binary tensors.
+    """
+    return 16384 + 256 * max_batch
+
+
 @dataclass
 class ServeOptions:
-    """Where and how `cmrt serve` listens. Ports 0 disable gRPC / metrics."""
+    """Where and how `cmrt serve` listens. Ports 0 disable gRPC / metrics.
+
+    `max_request_bytes`: cap on an HTTP request body (None: `default_max_request_bytes` of the
+    model's max batch; 0: no cap and no front, tritonserver answers HTTP itself).
+    `drain_timeout`: on stop, how long requests in flight get to finish (tritonserver's
+    --exit-timeout-secs too); `stop_grace`: then, how long model unloading and exit may take
+    before the processes are killed.
+    """
 
     host: str = "127.0.0.1"
     http_port: int = 8000
@@ -93,11 +126,23 @@ class ServeOptions:
     precision: str | None = None
     threads: int | None = None
     startup_timeout: float = 120.0
-    stop_timeout: float = 6.0
-    exit_timeout_secs: int = 3  # tritonserver's wait for in-flight requests on shutdown
+    max_request_bytes: int | None = None
+    drain_timeout: float = 300.0
+    stop_grace: float = 15.0
     verbose: bool = False
 
+    def __post_init__(self):
+        if self.max_request_bytes is not None and self.max_request_bytes < 0:
+            raise ValueError(f"max_request_bytes must be >= 0 (0: no cap), got {self.max_request_bytes}")
+        if not self.drain_timeout > 0:
+            raise ValueError(f"drain_timeout must be > 0 seconds, got {self.drain_timeout}")
 
+
+# --- the supervisor -----------------------------------------------------------------------
+SUPERVISOR = Path(__file__).resolve().with_name("supervisor.py")  # run by path: stdlib only, no cmrt import
+
+
+# --- the server -----------------------------------------------------------------------------
 class TritonServer:
     """One tritonserver on one engine folder. Use as a context manager, or start()/stop()."""
 
@@ -112,7 +157,12 @@ class TritonServer:
         self.options = options or ServeOptions()
         self.workspace: Path | None = None
         self.shm_prefix = f"cmrt-{os.getpid()}-{secrets.token_hex(4)}-"
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen | None = None  # the supervisor
+        self.triton_pid: int | None = None
+        self.triton_http_port: int | None = None
+        self.max_request_bytes: int | None = None  # the cap in force (None: no front)
+        self.front: Front | None = None
+        self._watch: int | None = None  # write end of the supervisor's pipe
         self._log = None
         self._lock = threading.Lock()
 
@@ -134,21 +184,29 @@ class TritonServer:
         return f"http://{self._hostport(self.options.metrics_port)}/metrics"
 
     @property
+    def triton_url(self) -> str:
+        """tritonserver's own HTTP endpoint (behind the front, when there is one)."""
+        if self.front is None:
+            return self.url
+        return f"http://127.0.0.1:{self.triton_http_port}"
+
+    @property
     def log_path(self) -> Path | None:
         return None if self.workspace is None else self.workspace / "tritonserver.log"
 
     # --- life cycle ---------------------------------------------------------------------
     def _command(self, paths, repo: Path, backends: Path) -> list[str]:
         o = self.options
+        http_host, http_port = ("127.0.0.1", self.triton_http_port) if self.front is not None else (o.host, o.http_port)
         cmd = [
             str(paths["tritonserver"]),
             f"--model-repository={repo}",
             f"--backend-directory={backends}",
             "--model-control-mode=none",
             "--strict-readiness=true",
-            f"--exit-timeout-secs={o.exit_timeout_secs}",
-            f"--http-address={o.host}",
-            f"--http-port={o.http_port}",
+            f"--exit-timeout-secs={max(1, math.ceil(o.drain_timeout))}",
+            f"--http-address={http_host}",
+            f"--http-port={http_port}",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             "--backend-config=python,shm-default-byte-size=4194304",
             "--backend-config=python,shm-growth-byte-size=4194304",
@@ -185,8 +243,14 @@ class TritonServer:
         env["TMPDIR"] = str(tmp)
         return env
 
+    @staticmethod
+    def _repo_max_batch(repo: Path) -> int:
+        m = re.search(r"^max_batch_size:\s*(\d+)", (repo / "cmrt" / "config.pbtxt").read_text(), re.M)
+        return int(m[1]) if m else 256
+
     def start(self, abort: threading.Event | None = None) -> "TritonServer":
         """Write the workspace, launch tritonserver, and wait until the model is ready."""
+        from .local import free_ports
         from .triton_repo import RepoOptions, write_repository
 
         with self._lock:
@@ -194,7 +258,8 @@ class TritonServer:
                 raise RuntimeError("server already started")
             paths = pytriton_paths()
             o = self.options
-            self.workspace = Path(tempfile.mkdtemp(prefix="cmrt-serve-"))
+            remove_stale()
+            self.workspace = Path(tempfile.mkdtemp(prefix=f"{WORKSPACE_PREFIX}{os.getpid()}-"))
             try:
                 repo_opts = RepoOptions(
                     unet="inprocess",
@@ -212,30 +277,50 @@ class TritonServer:
                     repo = self.repository
                 else:
                     repo = write_repository(self.engine_dir, self.workspace / "repo", repo_opts, link_engine=True, vendor=False)
+                if o.max_request_bytes != 0:
+                    self.max_request_bytes = o.max_request_bytes or default_max_request_bytes(self._repo_max_batch(repo))
+                    self.triton_http_port = free_ports(1)[0]
+                    self.front = Front(o.host, o.http_port, self.triton_http_port, self.max_request_bytes)
                 backends = self.workspace / "backends"
                 shutil.copytree(paths["python_backend"], backends / "python", ignore=shutil.ignore_patterns("__pycache__"))
                 shutil.copy2(paths["stub"], backends / "python" / "triton_python_backend_stub")
                 cmd = self._command(paths, repo, backends)
                 self._log = open(self.workspace / "tritonserver.log", "wb")
                 logger.debug("starting %s", " ".join(cmd))
-                self.process = subprocess.Popen(
-                    cmd, env=self._env(paths), stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    start_new_session=True,  # its own process group: stop() ends it and the backend stubs together
-                )
+                r, self._watch = os.pipe()
+                try:
+                    self.process = subprocess.Popen(
+                        [sys.executable, "-I", str(SUPERVISOR), str(r), str(self.workspace), self.shm_prefix, *cmd],
+                        env=self._env(paths), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log,
+                        pass_fds=(r,), start_new_session=True,
+                    )
+                finally:
+                    os.close(r)
+                line = self.process.stdout.readline()
+                self.process.stdout.close()
+                if not line.strip().isdigit():
+                    raise ServeError(f"the tritonserver supervisor failed (exit code {self.process.wait()}):\n{self.log_tail()}")
+                self.triton_pid = int(line)
             except BaseException:
+                if self.front is not None:
+                    self.front.close()
+                self._hard_stop()
                 self._cleanup()
                 raise
         try:
             self._wait_ready(abort)
         except BaseException:
-            self.stop()
+            self.kill()
             raise
-        logger.info("tritonserver %d ready on %s", self.process.pid, self.url)
+        if self.front is not None:
+            self.front.start()
+        logger.info("tritonserver %d ready on %s%s", self.triton_pid, self.url,
+                    f" (HTTP front: bodies up to {self.max_request_bytes} bytes)" if self.front else "")
         return self
 
     def _wait_ready(self, abort: threading.Event | None) -> None:
         deadline = time.monotonic() + self.options.startup_timeout
-        url = f"{self.url}/v2/models/cmrt/ready"
+        url = f"{self.triton_url}/v2/models/cmrt/ready"
         while True:
             if abort is not None and abort.is_set():
                 raise KeyboardInterrupt("stopped while starting")
@@ -268,31 +353,79 @@ class TritonServer:
         except subprocess.TimeoutExpired:
             return None
 
-    def stop(self) -> int | None:
-        """SIGTERM (in-flight requests finish), SIGKILL after `stop_timeout`; then remove everything."""
+    def stop(self, abort: threading.Event | None = None, drain_timeout: float | None = None) -> int | None:
+        """Drain, then stop: the front stops accepting and finishes its requests in flight, tritonserver
+        gets SIGTERM and finishes the rest (gRPC), all within `drain_timeout` (default: the options');
+        then up to `stop_grace` for unloading. Past that, or once `abort` is set, everything is
+        killed. Removes the workspace and shared memory; returns tritonserver's exit code."""
+        o = self.options
         with self._lock:
+            deadline = time.monotonic() + (o.drain_timeout if drain_timeout is None else drain_timeout)
+            if self.front is not None:
+                if self.alive():
+                    n = self.front.in_flight()
+                    if n:
+                        logger.info("finishing %d HTTP request(s) in flight (up to %.0f s)", n, deadline - time.monotonic())
+                    t0 = time.monotonic()
+                    cut = self.front.drain(deadline, abort)
+                    if cut:
+                        logger.warning("stopping with %d HTTP request(s) unfinished", cut)
+                    elif n:
+                        logger.info("HTTP requests finished in %.1f s", time.monotonic() - t0)
+                self.front.close()
             code = None
             p = self.process
             if p is not None:
-                pgid = p.pid
                 if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)
+                    t_term = time.monotonic()
                     try:
-                        p.wait(self.options.stop_timeout)
-                    except subprocess.TimeoutExpired:
-                        logger.warning("tritonserver did not stop within %.0f s; killing it", self.options.stop_timeout)
-                        self._killpg(pgid, signal.SIGKILL)
-                        p.wait()
-                code = p.returncode
-                # backend stubs still in the group (after a crash or a kill) get 2 s, then SIGKILL
-                deadline = time.monotonic() + 2.0
-                while self._killpg(pgid, 0) and time.monotonic() < deadline + 1.0:  # zombies never leave
-                    if time.monotonic() > deadline:
-                        self._killpg(pgid, signal.SIGKILL)
-                    time.sleep(0.05)
-                self.process = None
+                        os.write(self._watch, b"t")
+                    except OSError:
+                        pass
+                    end = deadline + o.stop_grace
+                    while p.poll() is None and time.monotonic() < end and not (abort is not None and abort.is_set()):
+                        try:
+                            p.wait(0.1)
+                        except subprocess.TimeoutExpired:
+                            pass
+                    if p.poll() is None:
+                        logger.warning("tritonserver did not stop in time; killing it")
+                    else:
+                        logger.info("tritonserver stopped %.1f s after SIGTERM (exit code %s)", time.monotonic() - t_term, p.returncode)
+                code = self._hard_stop()
             self._cleanup()
             return code
+
+    def kill(self) -> int | None:
+        """Stop now: kill tritonserver and its stubs, close connections, remove everything."""
+        with self._lock:
+            if self.front is not None:
+                self.front.close()
+            code = self._hard_stop()
+            self._cleanup()
+            return code
+
+    def _hard_stop(self) -> int | None:
+        """Close the supervisor's pipe (it kills tritonserver's group and exits); make sure of it."""
+        if self._watch is not None:
+            with suppress_os():
+                os.close(self._watch)
+            self._watch = None
+        p = self.process
+        if p is None:
+            return None
+        try:
+            p.wait(10.0)
+        except subprocess.TimeoutExpired:
+            self._killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        if self.triton_pid is not None and p.returncode < 0:  # the supervisor was killed: end tritonserver's group here
+            deadline = time.monotonic() + 3.0
+            while self._killpg(self.triton_pid, signal.SIGKILL) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        code = p.returncode
+        self.process = None
+        return code
 
     @staticmethod
     def _killpg(pgid: int, sig: int) -> bool:
@@ -307,9 +440,8 @@ class TritonServer:
         if self._log is not None:
             self._log.close()
             self._log = None
-        shm = Path("/dev/shm")
-        if shm.is_dir():
-            for f in shm.glob(f"{self.shm_prefix}*"):
+        if SHM_DIR.is_dir():
+            for f in SHM_DIR.glob(f"{self.shm_prefix}*"):
                 try:
                     f.unlink()
                 except OSError:
@@ -326,19 +458,23 @@ class TritonServer:
 
 
 def serve(model_or_dir: str | os.PathLike, options: ServeOptions | None = None, ready=None) -> int:
-    """Serve until SIGTERM or SIGINT (or the server dies); clean up and return an exit code.
+    """Serve until SIGTERM or SIGINT (or the server dies); drain, clean up and return an exit code.
 
-    `ready(server)` is called once the model is ready (the CLI prints the endpoints).
+    The first signal drains (requests in flight finish, up to `drain_timeout`); a second one
+    stops at once. `ready(server)` is called once the model is ready (the CLI prints the endpoints).
     """
     from ..runtime.loading import find_engine_folder
 
     engine = find_engine_folder(model_or_dir)
     server = TritonServer(engine, options)
     stop = threading.Event()
+    now = threading.Event()
     received: list[int] = []
 
     def on_signal(signum, frame):
         received.append(signum)
+        if stop.is_set():
+            now.set()
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -352,10 +488,12 @@ def serve(model_or_dir: str | os.PathLike, options: ServeOptions | None = None, 
         while not stop.wait(0.25):
             if not server.alive():
                 logger.error("tritonserver exited unexpectedly (code %s):\n%s", server.process.poll(), server.log_tail())
+                now.set()
                 return 1
-        logger.info("signal %s: stopping", signal.Signals(received[0]).name if received else "?")
+        logger.info("signal %s: stopping (requests in flight finish, up to %.0f s; a second signal stops now)",
+                    signal.Signals(received[0]).name if received else "?", server.options.drain_timeout)
         return 0
     finally:
-        server.stop()
+        server.stop(abort=now, drain_timeout=0 if now.is_set() else None)
         for s, h in previous.items():
             signal.signal(s, h)

@@ -1,5 +1,8 @@
 """`cmrt serve` end to end: a real tritonserver (the one nvidia-pytriton ships) on loopback.
 
+Tests that start a tritonserver carry the `serve` marker: they run in the serving venv
+(`make test-serve`; nvidia-pytriton needs numpy < 2) and are skipped, naming it, elsewhere.
+
 Each scenario runs in a child process inside a private, loopback-only network namespace
 (`unshare -rn`, where the machine allows it; else on 127.0.0.1 with free ports). The child
 starts `cmrt serve` as a subprocess, talks to it, stops it with a signal, checks that
@@ -42,13 +45,46 @@ def _have_pytriton() -> bool:
 
 def _skip_reason() -> str | None:
     if not _have_pytriton():
-        return "serving tests need nvidia-pytriton (the tritonserver it ships): pip install 'cmrt[serve]'"
+        return "serving tests need nvidia-pytriton (the tritonserver it ships): `make test-serve` (pip install 'cmrt[serve]')"
     if int(np.__version__.split(".")[0]) >= 2:
-        return f"numpy {np.__version__}: Triton 2.51's Python backend (nvidia-pytriton) needs numpy < 2 (pip install 'cmrt[serve]')"
+        return (f"numpy {np.__version__}: Triton 2.51's Python backend (nvidia-pytriton) needs numpy < 2: `make test-serve` "
+                "(pip install 'cmrt[serve]')")
     return None
 
 
 needs_pytriton = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+
+
+def rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def post_raw(url: str, body: bytes, headers: dict | None = None, chunked: bool = False, timeout: float = 30) -> tuple[int | str, str]:
+    """POST a body as it is; (status, start of the answer) or (exception name, message) if the connection failed."""
+    import http.client
+    import urllib.parse
+
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    try:
+        h = dict(headers or {})
+        if chunked:
+            conn.request("POST", u.path, body=iter([body[i:i + 65536] for i in range(0, len(body), 65536)]), headers=h,
+                         encode_chunked=True)
+        else:
+            conn.request("POST", u.path, body=body, headers=h)
+        r = conn.getresponse()
+        return r.status, r.read().decode(errors="replace")[:300]
+    except OSError as e:
+        return type(e).__name__, str(e)[:300]
+    finally:
+        conn.close()
 
 
 # --- where servers run ------------------------------------------------------------------
@@ -103,14 +139,37 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
-class ServeProcess:
-    """`python -m cmrt serve ...` in its own session, its temp files under a private TMPDIR."""
+def proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a process, None if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], int(fields[1])
 
-    def __init__(self, engine: Path, extra: list[str], tmp: Path):
-        self.tmp = tmp / "serve-tmp"
-        self.tmp.mkdir(parents=True)
+
+def pid_alive(pid: int) -> bool:
+    st = proc_stat(pid)
+    return st is not None and st[0] not in ("Z", "X")
+
+
+def process_kind(pid: int) -> str:
+    try:
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return "other"
+    return "tritonserver" if argv0.endswith("/tritonserver") else "stub" if argv0.endswith("_stub") else "other"
+
+
+class ServeProcess:
+    """`python -m cmrt serve ...` in its own session, its temp files under a private TMPDIR
+    (`tmpdir`: one shared by several servers)."""
+
+    def __init__(self, engine: Path, extra: list[str], tmp: Path, tmpdir: Path | None = None, name: str = "serve"):
+        self.tmp = tmpdir or tmp / f"{name}-tmp"
+        self.tmp.mkdir(parents=True, exist_ok=True)
         self.http, self.grpc, self.metrics = free_ports(3)
-        self.log = tmp / "serve.log"
+        self.log = tmp / f"{name}.log"
         env = dict(os.environ, TMPDIR=str(self.tmp), PYTHONUNBUFFERED="1")
         cmd = [sys.executable, "-m", "cmrt", "serve", str(engine), "--http-port", str(self.http),
                "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics)] + extra
@@ -131,21 +190,46 @@ class ServeProcess:
             time.sleep(0.1)
         raise TimeoutError(f"cmrt serve not ready after {timeout} s:\n{self.log.read_text()[-4000:]}")
 
+    def pids(self) -> dict[str, list[int]]:
+        """This server's live processes by kind (descendants of the `cmrt serve` process): cmrt,
+        tritonserver, stub, other (the supervisor)."""
+        children: dict[int, list[int]] = {}
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                st = proc_stat(int(d.name))
+                if st is not None:
+                    children.setdefault(st[1], []).append(int(d.name))
+        out: dict[str, list[int]] = {"cmrt": [self.proc.pid], "tritonserver": [], "stub": [], "other": []}
+        todo = list(children.get(self.proc.pid, []))
+        while todo:
+            pid = todo.pop()
+            todo += children.get(pid, [])
+            if pid_alive(pid):
+                out[process_kind(pid)].append(pid)
+        return out
+
+    def workspaces(self) -> list[str]:
+        return sorted(str(p) for p in self.tmp.glob("cmrt-serve-*"))
+
     def shm_left(self) -> list[str]:
         return sorted(f for f in os.listdir("/dev/shm") if f.startswith(f"cmrt-{self.proc.pid}-")) if os.path.isdir("/dev/shm") else []
 
-    def stop_with(self, sig: int) -> dict:
+    def stop_with(self, sig: int, timeout: float = 20) -> dict:
         """Send `sig`; how long the exit took, its code, and what is left behind."""
         t0 = time.monotonic()
         self.proc.send_signal(sig)
+        return self.stop_with_wait(timeout, t0, signal.Signals(sig).name)
+
+    def stop_with_wait(self, timeout: float, t0: float, sig_name: str = "SIGTERM") -> dict:
+        """After a signal sent at `t0`: wait for the exit, then what `stop_with` reports."""
         try:
-            code = self.proc.wait(timeout=20)
+            code = self.proc.wait(timeout=max(0.1, timeout - (time.monotonic() - t0)))
         except subprocess.TimeoutExpired:
             code = None
         seconds = time.monotonic() - t0
         time.sleep(0.2)
         return {
-            "signal": signal.Signals(sig).name,
+            "signal": sig_name,
             "exit_code": code,
             "seconds": seconds,
             "processes_left": processes_mentioning(str(self.tmp)),
@@ -260,6 +344,9 @@ def scenario(name: str, engine: Path, out_prefix: Path) -> None:
             bad = dict(BAD_REQUESTS if cond else {}, **({} if cond else UNCOND_BAD))
             record["bad"] = {k: post_json(f"{server.url}/v2/models/cmrt/infer", {"inputs": body}) + (needle,)
                              for k, (body, needle) in bad.items()}
+            if cond:
+                record["limits"] = _limits(server, tmp)
+                record["numpy2"] = _numpy2_client(server, tmp, arrays, seeds[:2], [0, 3])
             try:
                 arrays["after_bad"] = client.generate([specs[0][0]], class_labels=None if specs[0][1] is None else [specs[0][1]])
                 record["serving_after_bad"] = True
@@ -279,6 +366,76 @@ def scenario(name: str, engine: Path, out_prefix: Path) -> None:
         np.savez(out_prefix.with_suffix(".npz"), **arrays)
         out_prefix.with_suffix(".json").write_text(json.dumps(record, default=str))
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+SEED_BODY = {"inputs": [_inp("seed", "INT64", [1])]}
+BAD_JSON = {
+    "not JSON": b"garbage",
+    "truncated JSON": b'{"inputs": [',
+    "empty object": b"{}",
+    "an array": b"[1, 2]",
+    "inputs not a list": b'{"inputs": 5}',
+    "data not a list": json.dumps({"inputs": [{"name": "seed", "datatype": "INT64", "shape": [1, 1], "data": "x"}]}).encode(),
+}
+
+
+def _limits(server: "ServeProcess", tmp: Path) -> dict:
+    """Oversized bodies (memory of every server process before and after), bodies at the cap, bad JSON."""
+    url = f"{server.url}/v2/models/cmrt/infer"
+    pids = server.pids()
+    mem = lambda: {k: sum(rss_mb(p) or 0 for p in pids[k]) for k in ("cmrt", "tritonserver", "stub")}  # noqa: E731
+    out: dict = {"pids": pids}
+    big = json.dumps(dict(SEED_BODY, pad="x" * 10_000_000)).encode()  # 10 MB, valid JSON
+    out["rss_before"] = mem()
+    statuses: dict[str, int] = {}
+    t0 = time.monotonic()
+    with cf.ThreadPoolExecutor(10) as ex:  # 10 at a time, 200 in all: 2 GB of bodies
+        for i, (status, text) in enumerate(ex.map(lambda _: post_raw(url, big, {"Content-Type": "application/json"}), range(40))):
+            statuses[str(status)] = statuses.get(str(status), 0) + 1
+            out.setdefault("oversized_first", [status, text])
+        out["rss_after_40"] = mem()
+        for status, _ in ex.map(lambda _: post_raw(url, big, {"Content-Type": "application/json"}), range(160)):
+            statuses[str(status)] = statuses.get(str(status), 0) + 1
+    out["oversized_seconds"] = time.monotonic() - t0
+    out["rss_after_200"] = mem()
+    out["oversized_statuses"] = statuses
+    out["oversized_chunked"] = list(post_raw(url, big, {"Content-Type": "application/json"}, chunked=True))
+    # a valid request padded with JSON whitespace to just under / just over 18432 bytes (16 KiB + 256 per row, max batch 8)
+    base = json.dumps(SEED_BODY).encode()
+    out["at_cap"] = list(post_raw(url, base[:-1] + b" " * (18432 - len(base)) + b"}", {"Content-Type": "application/json"}))
+    out["over_cap"] = list(post_raw(url, base[:-1] + b" " * (18433 - len(base)) + b"}", {"Content-Type": "application/json"}))
+    out["bad_json"] = {k: list(post_raw(url, body, {"Content-Type": "application/json"})) for k, body in BAD_JSON.items()}
+    out["health_after"] = post_or_get(server.url + "/v2/health/ready")
+    return out
+
+
+def _numpy2_client(server: "ServeProcess", tmp: Path, arrays: dict, seeds, labels) -> dict:
+    """cmrt.client from the numpy-2 venv (CMRT_CLIENT_PYTHON; `make test-serve` sets it) against this server."""
+    py = os.environ.get("CMRT_CLIENT_PYTHON")
+    if not py:
+        return {"skipped": "CMRT_CLIENT_PYTHON is not set (make test-serve sets it to the main venv's python)"}
+    code = (
+        "import sys, numpy as np\n"
+        "from cmrt.serve.client import Client\n"
+        "url, grpc, out = sys.argv[1:4]\n"
+        f"seeds, labels = {list(seeds)!r}, {list(labels)!r}\n"
+        "np.save(out + '.http.npy', Client(url).generate(seeds, class_labels=labels))\n"
+        "try:\n"
+        "    import tritonclient.grpc  # noqa: F401\n"
+        "except ImportError:\n"
+        "    pass\n"
+        "else:\n"
+        "    np.save(out + '.grpc.npy', Client(grpc).generate(seeds, class_labels=labels))\n"
+        "print(np.__version__)\n"
+    )
+    out = tmp / "numpy2"
+    r = subprocess.run([py, "-c", code, server.url, server.grpc_url, str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    rec = {"python": py, "code": r.returncode, "numpy": r.stdout.strip(), "stderr": r.stderr[-2000:]}
+    for kind in ("http", "grpc"):
+        f = Path(f"{out}.{kind}.npy")
+        if f.is_file():
+            arrays[f"numpy2_{kind}"] = np.load(f)
+    return rec
 
 
 def post_or_get(url: str) -> int:
@@ -389,6 +546,7 @@ def uncond_run(small_models, tmp_path_factory):
     return engine, run_scenario("uncond", engine, out), np.load(out.with_suffix(".npz"))
 
 
+@pytest.mark.serve
 @needs_pytriton
 def test_served_images_equal_in_process(cond_run):
     engine, rec, arrays = cond_run
@@ -403,6 +561,7 @@ def test_served_images_equal_in_process(cond_run):
     assert_images_match(arrays["after_bad"], want[:1])
 
 
+@pytest.mark.serve
 @needs_pytriton
 def test_cli_generate_through_server(cond_run):
     _, rec, _ = cond_run
@@ -411,6 +570,7 @@ def test_cli_generate_through_server(cond_run):
     assert "4 images from http://127.0.0.1" in cli["stdout"]
 
 
+@pytest.mark.serve
 @needs_pytriton
 def test_bounded_load_batches(cond_run):
     _, rec, _ = cond_run
@@ -422,6 +582,7 @@ def test_bounded_load_batches(cond_run):
     assert load["batching_ratio"] > 2, f"no real batching: {load}"
 
 
+@pytest.mark.serve
 @needs_pytriton
 def test_bad_requests_get_4xx_naming_the_problem(cond_run, uncond_run):
     for _, rec, _ in (cond_run, uncond_run):
@@ -432,6 +593,7 @@ def test_bad_requests_get_4xx_naming_the_problem(cond_run, uncond_run):
         assert rec["health"] == {"/v2/health/live": 200, "/v2/health/ready": 200}
 
 
+@pytest.mark.serve
 @needs_pytriton
 def test_unconditional_server_with_explicit_timesteps(uncond_run):
     engine, rec, arrays = uncond_run
@@ -439,6 +601,7 @@ def test_unconditional_server_with_explicit_timesteps(uncond_run):
     assert_images_match(arrays["served"], expected_images(engine, specs, timesteps=[17, 0]))
 
 
+@pytest.mark.serve
 @needs_pytriton
 @pytest.mark.parametrize("which", ["cond", "uncond"])
 def test_signal_exits_cleanly_leaving_nothing(which, cond_run, uncond_run):
@@ -450,6 +613,47 @@ def test_signal_exits_cleanly_leaving_nothing(which, cond_run, uncond_run):
     assert sd["processes_left"] == [], sd
     assert sd["files_left"] == [], sd
     assert sd["shm_left"] == [], sd
+
+
+@pytest.mark.serve
+@needs_pytriton
+def test_oversized_bodies_get_413_and_memory_stays_flat(cond_run):
+    _, rec, _ = cond_run
+    lim = rec["limits"]
+    assert lim["oversized_statuses"] == {"413": 200}, lim["oversized_statuses"]
+    assert "limit of 18432 bytes" in lim["oversized_first"][1], lim["oversized_first"]
+    assert lim["oversized_chunked"][0] == 413, lim["oversized_chunked"]
+    assert lim["at_cap"][0] == 200 and lim["over_cap"][0] == 413, (lim["at_cap"], lim["over_cap"])
+    assert lim["health_after"] == 200
+    assert lim["oversized_seconds"] < 30, lim["oversized_seconds"]
+    before, mid, after = lim["rss_before"], lim["rss_after_40"], lim["rss_after_200"]
+    for kind, limit in (("tritonserver", 8.0), ("stub", 8.0), ("cmrt", 16.0)):
+        assert after[kind] - before[kind] < limit, (kind, before, mid, after)  # 2 GB of bodies went by
+        assert after[kind] - mid[kind] < limit / 2, (kind, before, mid, after)  # nothing kept per request
+
+
+@pytest.mark.serve
+@needs_pytriton
+def test_bad_json_gets_400(cond_run):
+    _, rec, _ = cond_run
+    got = {k: tuple(v) for k, v in rec["limits"]["bad_json"].items()}
+    assert {k: v[0] for k, v in got.items()} == {k: 400 for k in BAD_JSON}, got
+    assert "not valid JSON" in got["not JSON"][1] and "not valid JSON" in got["truncated JSON"][1], got
+
+
+@pytest.mark.serve
+@needs_pytriton
+def test_numpy2_client_gets_the_same_images(cond_run):
+    engine, rec, arrays = cond_run
+    n2 = rec["numpy2"]
+    if "skipped" in n2:
+        pytest.skip(n2["skipped"])
+    assert n2["code"] == 0, n2
+    assert int(n2["numpy"].split(".")[0]) >= 2, n2
+    want = expected_images(engine, [(0, 0, None), (1, 3, None)])
+    assert_images_match(arrays["numpy2_http"], want)
+    if "numpy2_grpc" in arrays:
+        assert_images_match(arrays["numpy2_grpc"], want)
 
 
 def scenario_main(fn) -> None:

@@ -236,6 +236,7 @@ def scenario(name: str, engine: Path, out_prefix: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@pytest.mark.serve
 @needs_pytriton
 def test_bundled_tritonserver_serves_the_repository(small_models, tmp_path):
     engine = small_models["cond"][1]
