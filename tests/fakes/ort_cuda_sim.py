@@ -153,7 +153,7 @@ def build_onnxruntime(sim: Sim, real: types.ModuleType) -> types.ModuleType:
             self._cuda_options = options.get(CUDA, {})
             self._providers = [CPU]
             if CUDA in requested:
-                if state.preloaded:
+                if state.preloaded and sim.cuda_libraries:
                     self._providers = [CUDA, CPU]
                 else:
                     sim.violation("ONNX Runtime: the CUDA EP failed to load (libcudnn / libcublas not found: "

@@ -546,6 +546,9 @@ def build_tensorrt(sim: Sim) -> types.ModuleType:
             if b is None or missing:
                 return error(f"execute_async_v3: shapes or addresses not set (addresses missing: {missing})")
             cap = stream.capture
+            if cap is not None and trt.capture_unsupported:
+                sim.invalidate(cap, "execute_async_v3: this engine has a layer that cannot be captured; capture invalidated")
+                return error("execute_async_v3: the engine cannot run inside a stream capture")
             if cap is not None and self.dirty:
                 sim.invalidate(cap, f"execute_async_v3 inside stream capture right after {self.dirty}: TensorRT's deferred "
                                     "updates cannot be captured (run one enqueue outside the capture first); capture invalidated")
@@ -620,6 +623,7 @@ def build_tensorrt(sim: Sim) -> types.ModuleType:
 
     trt.Runtime, trt.ICudaEngine, trt.IExecutionContext = Runtime, ICudaEngine, IExecutionContext
     trt.corrupt = 0.0  # tests set it to make the "engine" miss (an error added to every output)
+    trt.capture_unsupported = False  # tests set it for an engine whose kernels a stream capture cannot hold
     return trt
 
 
