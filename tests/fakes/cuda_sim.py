@@ -265,6 +265,8 @@ class Sim:
         size = int(size)
         if size <= 0:
             raise CudaFault(cudaError_t.cudaErrorInvalidValue, f"allocation of {size} bytes")
+        if size > self.devices[self.device].total_memory:
+            raise CudaFault(cudaError_t.cudaErrorMemoryAllocation, f"allocation of {size} bytes exceeds the device's memory")
         with self.lock:
             if kind == "device":
                 base = self._next_device_addr
