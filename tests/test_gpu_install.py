@@ -24,6 +24,7 @@ def _names(reqs: list[str]) -> dict[str, str]:
 
 def test_gpu_extras_depend_on_cuda_bindings_and_onnxruntime_gpu_with_its_libraries():
     extras = _extras()
+    assert "cuda-python" not in _names(extras["gpu"]), extras["gpu"]
     ort = _names(extras["gpu-ort"])
     assert "cuda-python" not in ort and "cuda-bindings" in ort
     assert re.search(r">=\s*13\.5", ort["cuda-bindings"]), ort["cuda-bindings"]

@@ -79,7 +79,7 @@ def _trt():
     try:
         import tensorrt as trt
     except Exception as e:  # ImportError, or OSError from missing libraries
-        raise BackendUnavailableError(f"TensorRT cannot be imported ({e}); install the gpu extra: `pip install 'cmrt[gpu]'`") from e
+        raise BackendUnavailableError(f"TensorRT cannot be imported ({e}); install the gpu extra: `pip install 'cmrt[gpu]' --extra-index-url https://pypi.nvidia.com`") from e
     return trt
 
 
@@ -89,7 +89,7 @@ def _polygraphy():
         from polygraphy.logger import G_LOGGER
     except ImportError as e:
         raise BackendUnavailableError(
-            f"building a TensorRT engine needs polygraphy and onnx-graphsurgeon ({e}): `pip install 'cmrt[gpu]'`"
+            f"building a TensorRT engine needs polygraphy and onnx-graphsurgeon ({e}): `pip install polygraphy onnx-graphsurgeon` (in the gpu and export extras)"
         ) from e
     return G_LOGGER
 

@@ -81,7 +81,7 @@ class OrtCudaBackend:
         try:
             import onnxruntime as ort
         except ImportError as e:
-            raise ImportError("the ONNX Runtime CUDA backend needs onnxruntime-gpu: `pip install 'cmrt[gpu]'`") from e
+            raise ImportError("the ONNX Runtime CUDA backend needs onnxruntime-gpu: `pip install 'cmrt[gpu-ort]'`") from e
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise RuntimeError(
                 "this onnxruntime has no CUDAExecutionProvider; install onnxruntime-gpu (and not onnxruntime) or use device='cpu'"

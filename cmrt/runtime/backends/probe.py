@@ -62,11 +62,11 @@ class Environment:
         if not self.gpus:
             return f"no NVIDIA GPU found ({self.gpu_error or 'none visible'})"
         if self.cuda_python_version is None:
-            return f"cuda-python is not installed ({self.cuda_python_error or 'cuda.bindings not importable'}); `pip install 'cmrt[gpu]'`"
+            return f"cuda-python is not installed ({self.cuda_python_error or 'cuda.bindings not importable'}); `pip install cuda-bindings` (in the gpu extras)"
         if self.gpu_source != "cuda-python":
             return f"the CUDA runtime cannot reach the GPU ({self.gpu_error or 'cudaGetDeviceCount failed'})"
         if self.tensorrt_version is None:
-            return f"TensorRT is not installed ({self.tensorrt_error or 'tensorrt not importable'}); `pip install 'cmrt[gpu]'`"
+            return f"TensorRT is not installed ({self.tensorrt_error or 'tensorrt not importable'}); `pip install 'cmrt[gpu]' --extra-index-url https://pypi.nvidia.com`"
         return None
 
     @property

@@ -63,7 +63,7 @@ class TensorRTBackend:
         try:
             import tensorrt as trt
         except Exception as e:
-            raise ImportError(f"the TensorRT backend needs TensorRT 11 (`pip install 'cmrt[gpu]'`): {e}") from e
+            raise ImportError(f"the TensorRT backend needs TensorRT 11 (`pip install 'cmrt[gpu]' --extra-index-url https://pypi.nvidia.com`): {e}") from e
         self._closed = True  # until fully constructed
         self._lock = threading.Lock()
         self.plan_path = Path(plan_path)

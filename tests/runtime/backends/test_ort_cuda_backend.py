@@ -47,6 +47,9 @@ def test_the_backend_preloads_the_cuda_libraries(simulated_ort_cuda, folder):
 
 def test_graph_batches_lists_only_graphs_ort_has_captured(simulated_ort_cuda, folder):
     """Issue #15 item 4: a bound batch size is not a captured graph; ONNX Runtime captures after its ordinary runs."""
+    import onnxruntime
+
+    onnxruntime.preload_dlls()  # (so that this test is about item 4 alone, also on code that forgot item 2)
     backend = _backend(folder)
     (session,) = [s for s in simulated_ort_cuda.ort_sessions if s.cuda_graph]
     args = _args(folder, 2)
