@@ -60,21 +60,19 @@ def _install(monkeypatch, sim: Sim, tensorrt: bool, ort_cuda: bool) -> Sim:
     return sim
 
 
-@pytest.fixture
-def simulated_gpu(monkeypatch):
-    sim = _install(monkeypatch, Sim(), tensorrt=True, ort_cuda=False)
-    yield sim
-    _forget_imported_tensorrt()
+def _simulated(monkeypatch, tensorrt: bool, ort_cuda: bool):
     from cmrt.runtime.backends import probe
 
+    yield _install(monkeypatch, Sim(), tensorrt=tensorrt, ort_cuda=ort_cuda)
+    _forget_imported_tensorrt()  # the next test may bring another TensorRT (or none)
     probe.probe_environment.cache_clear()
+
+
+@pytest.fixture
+def simulated_gpu(monkeypatch):
+    yield from _simulated(monkeypatch, tensorrt=True, ort_cuda=False)
 
 
 @pytest.fixture
 def simulated_ort_cuda(monkeypatch):
-    sim = _install(monkeypatch, Sim(), tensorrt=False, ort_cuda=True)
-    yield sim
-    _forget_imported_tensorrt()
-    from cmrt.runtime.backends import probe
-
-    probe.probe_environment.cache_clear()
+    yield from _simulated(monkeypatch, tensorrt=False, ort_cuda=True)
