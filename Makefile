@@ -14,7 +14,7 @@ VENV_GPU ?= .venv-gpu
 VENV_SERVE ?= .venv-serve
 PY_SERVE := $(VENV_SERVE)/bin/python
 
-.PHONY: setup setup-serve setup-gpu engine generate demo doctor test test-main test-serve test-slow test-gpu bench clean
+.PHONY: setup setup-serve setup-gpu setup-gpu-ort engine generate demo doctor test test-main test-serve test-slow test-gpu bench clean
 
 setup: $(VENV)/.cmrt-setup
 
@@ -63,19 +63,38 @@ test-serve: setup setup-serve
 test-slow: setup
 	$(PY) -m pytest -q -rP --run-slow
 
-# GPU machines only: onnxruntime-gpu + TensorRT in their own venv (never beside onnxruntime).
-setup-gpu: $(VENV_GPU)/.cmrt-setup
+# GPU machines only: onnxruntime-gpu (+ TensorRT) in their own venv (never beside onnxruntime).
+# setup-gpu needs NVIDIA's package index for TensorRT's libraries; setup-gpu-ort only the public one
+# (ONNX Runtime's CUDA EP, no TensorRT). Both make $(VENV_GPU); test-gpu runs in whichever exists,
+# or in GPU_PY (any Python with cmrt's GPU stack, as scripts/gpu_check.sh passes it).
+NVIDIA_INDEX ?= https://pypi.nvidia.com
+GPU_PY ?= $(VENV_GPU)/bin/python
+GPU_TESTS ?= tests
 
-$(VENV_GPU)/.cmrt-setup: pyproject.toml
+setup-gpu: $(VENV_GPU)/.cmrt-setup-gpu
+
+setup-gpu-ort: $(VENV_GPU)/.cmrt-setup-gpu-ort
+
+$(VENV_GPU)/.cmrt-setup-gpu: pyproject.toml
 	$(PYTHON) -m venv $(VENV_GPU)
 	$(VENV_GPU)/bin/python -m pip install -q --upgrade pip
 	$(VENV_GPU)/bin/python -m pip install -q torch==2.13.0
-	$(VENV_GPU)/bin/python -m pip install -q -e '.[gpu,export,dev]'
+	$(VENV_GPU)/bin/python -m pip install -q -e '.[gpu,export,dev]' --extra-index-url $(NVIDIA_INDEX)
 	touch $@
 
-test-gpu: setup-gpu
-	$(VENV_GPU)/bin/python -m cmrt doctor
-	$(VENV_GPU)/bin/python -m pytest -q -rA --run-gpu -m gpu tests/gpu
+$(VENV_GPU)/.cmrt-setup-gpu-ort: pyproject.toml
+	$(PYTHON) -m venv $(VENV_GPU)
+	$(VENV_GPU)/bin/python -m pip install -q --upgrade pip
+	$(VENV_GPU)/bin/python -m pip install -q torch==2.13.0
+	$(VENV_GPU)/bin/python -m pip install -q -e '.[gpu-ort,export,dev]'
+	touch $@
+
+$(VENV_GPU)/bin/python:
+	$(MAKE) setup-gpu
+
+test-gpu: $(if $(filter $(VENV_GPU)/bin/python,$(GPU_PY)),$(VENV_GPU)/bin/python)
+	$(GPU_PY) -m cmrt doctor
+	$(GPU_PY) -m pytest -q -rA --run-gpu -m gpu $(GPU_TESTS)
 
 doctor: setup
 	$(PY) -m cmrt doctor

@@ -2,15 +2,19 @@
 
 What to build, when to rebuild and what to call the plan are decided in
 `cmrt.engine.tensorrt` (pure, shared with the run time's backend selection); this module
-does the TensorRT and CUDA work, imported lazily: `build_plan` builds a strongly typed
-engine (precision comes from the ONNX graph), `validate_plan` runs it as served against
-ONNX Runtime fp32, `ensure_tensorrt_engine` installs it in the folder atomically.
+does the TensorRT and CUDA work, imported lazily, through NVIDIA's polygraphy where it does
+the job: `sanitize_onnx` folds constants (polygraphy's surgeon, on the CPU), `build_plan`
+builds a strongly typed engine with polygraphy's loaders (precision comes from the ONNX
+graph) and cmrt's timing-cache step, `validate_plan` runs the engine as served (cmrt's
+CUDA-graph backend) against ONNX Runtime fp32 through polygraphy's Comparator, and
+`ensure_tensorrt_engine` installs it in the folder atomically.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +23,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..engine.errors import BackendUnavailableError, EngineFolderError, EngineValidationError
-from ..engine.io_spec import CLASS_LABELS, SAMPLE, TIMESTEP, sample_inputs
+from ..engine.io_spec import CLASS_LABELS, OUTPUT, SAMPLE, TIMESTEP, sample_inputs
 from ..engine.tensorrt import (
     ENTRY_KEY,
     EngineDecision,
@@ -75,8 +79,108 @@ def _trt():
     try:
         import tensorrt as trt
     except Exception as e:  # ImportError, or OSError from missing libraries
-        raise BackendUnavailableError(f"TensorRT cannot be imported ({e}); install the gpu extra: `pip install 'cmrt[gpu]'`") from e
+        raise BackendUnavailableError(f"TensorRT cannot be imported ({e}); install the gpu extra: `pip install 'cmrt[gpu]' --extra-index-url https://pypi.nvidia.com`") from e
     return trt
+
+
+def _polygraphy():
+    """polygraphy's G_LOGGER, imported with a clear message when the gpu/export extra is missing."""
+    try:
+        from polygraphy.logger import G_LOGGER
+    except ImportError as e:
+        raise BackendUnavailableError(
+            f"building a TensorRT engine needs polygraphy and onnx-graphsurgeon ({e}): `pip install polygraphy onnx-graphsurgeon` (in the gpu and export extras)"
+        ) from e
+    return G_LOGGER
+
+
+@contextlib.contextmanager
+def _polygraphy_logging() -> Iterator[None]:
+    """polygraphy prints to stdout; for the length of a build its warnings and errors go to Python
+    logging instead ("Polygraphy" logger), and its progress lines are dropped."""
+    g = _polygraphy()
+    previous = g.use_python_logging_system
+    g.use_python_logging_system = True
+    try:
+        with g.verbosity(g.WARNING):
+            yield
+    finally:
+        g.use_python_logging_system = previous
+
+
+def _polygraphy_errors(what: str):
+    """polygraphy reports failures as PolygraphyException after logging them: one clear RuntimeError."""
+    from polygraphy.exception import PolygraphyException
+
+    @contextlib.contextmanager
+    def wrap() -> Iterator[None]:
+        try:
+            yield
+        except PolygraphyException as e:
+            raise RuntimeError(f"{what}: {e}".splitlines()[0] + " (see the Polygraphy log above)") from e
+
+    return wrap()
+
+
+# --- the ONNX graph TensorRT is built from -----------------------------------------------
+def sanitize_onnx(onnx_path: Path, out_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """Fold constants and drop dead nodes, as `polygraphy surgeon sanitize --fold-constants` does
+    (onnx-graphsurgeon's fold_constants + cleanup, with ONNX Runtime evaluating on the CPU).
+
+    TensorRT parses fewer, simpler nodes (the exported UNet's shape arithmetic and Constant
+    nodes go away); the graph computes the same function, which tests/build/test_tensorrt.py
+    checks in ONNX Runtime. Written to `out_dir` (weights as external data beside it)."""
+    _polygraphy()
+    from polygraphy.backend.onnx import fold_constants, onnx_from_path, save_onnx
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"{onnx_path.stem}.sanitized.onnx"
+    with _polygraphy_logging(), _polygraphy_errors(f"could not fold the constants of {onnx_path.name}"):
+        model = onnx_from_path(str(onnx_path))  # resolves external data beside the file
+        nodes_before = len(model.graph.node)
+        model = fold_constants(model, error_ok=False)
+        nodes_after = len(model.graph.node)
+        save_onnx(model, str(out), external_data_path=f"{out.name}.data")
+    logger.info("sanitized %s for TensorRT: %d -> %d nodes (constants folded)", onnx_path.name, nodes_before, nodes_after)
+    return out, {"fold_constants": True, "nodes_before": nodes_before, "nodes_after": nodes_after}
+
+
+# --- the build -----------------------------------------------------------------------------
+def _attach_timing_cache(config: Any, timing_cache: Path | None) -> bool:
+    """Give `config` the timing cache in `timing_cache` if TensorRT accepts it; True when it did.
+
+    TensorRT refuses a cache made on another GPU or by another TensorRT version:
+    `set_timing_cache(cache, ignore_mismatch=False)` returns False and the config is left with
+    no cache at all (`get_timing_cache()` is None). polygraphy's `load_timing_cache` ignores
+    that return value, so this step is cmrt's: such a cache is replaced by a fresh one, which
+    the build fills and `_save_timing_cache` writes over the stale file."""
+    data = b""
+    if timing_cache is not None and timing_cache.is_file():
+        data = timing_cache.read_bytes()
+    if data:
+        cache = config.create_timing_cache(data)
+        if cache is not None and config.set_timing_cache(cache, False):
+            return True
+        logger.warning(
+            "the TensorRT timing cache %s was made on another GPU or by another TensorRT version (TensorRT refused "
+            "it); building with a fresh cache, which replaces it", timing_cache,
+        )
+    if not config.set_timing_cache(config.create_timing_cache(b""), False):
+        raise RuntimeError("TensorRT refused an empty timing cache")
+    return False
+
+
+def _save_timing_cache(config: Any, timing_cache: Path) -> None:
+    from ..engine.atomic import write_bytes_atomic
+
+    cache = config.get_timing_cache()
+    if cache is None:
+        logger.warning("TensorRT kept no timing cache for this build; %s was not updated", timing_cache)
+        return
+    try:
+        write_bytes_atomic(timing_cache, bytes(cache.serialize()))
+    except OSError as e:  # a read-only cache is not worth failing the build for
+        logger.warning("could not save the TensorRT timing cache %s: %s", timing_cache, e)
 
 
 def build_plan(
@@ -86,52 +190,74 @@ def build_plan(
     options: TensorRTOptions,
     timing_cache: Path | None,
 ) -> tuple[bytes, dict[str, Any]]:
-    """Build a strongly typed engine from `onnx_path`; returns (plan bytes, build facts).
+    """Build a strongly typed engine from `onnx_path` with polygraphy's loaders; returns (plan bytes, build facts).
 
-    `input_shapes` maps each input to its shape without the batch axis.
+    `input_shapes` maps each input to its shape without the batch axis. The network is parsed
+    strongly typed (precision comes from the ONNX graph: TensorRT 11 has no precision flags);
+    the config has one optimization profile over the batch axis, the builder optimization
+    level, TF32 off for fp32 engines and the workspace limit, and the timing cache attached by
+    `_attach_timing_cache`.
     """
-    from ..engine.atomic import write_bytes_atomic
-
     trt = _trt()
-    trt_logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(trt_logger)
-    network = builder.create_network(0)  # TensorRT 11: always strongly typed, explicit batch
-    parser = trt.OnnxParser(network, trt_logger)
-    if not parser.parse_from_file(str(onnx_path)):  # resolves external data beside the file
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise RuntimeError(f"TensorRT could not parse {onnx_path.name}: " + "; ".join(errors or ["unknown error"]))
-    config = builder.create_builder_config()
-    config.builder_optimization_level = int(options.optimization_level)
-    tf32 = getattr(trt.BuilderFlag, "TF32", None)
-    if options.precision == "fp32" and tf32 is not None:
-        config.clear_flag(tf32)  # fp32 means fp32: no TF32 tensor-core rounding
-    if options.workspace_mib:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_mib) << 20)
-    profile = builder.create_optimization_profile()
+    _polygraphy()
+    from polygraphy.backend.trt import Profile as PolygraphyProfile
+    from polygraphy.backend.trt import create_config, engine_bytes_from_network, network_from_onnx_path
+
+    profile = PolygraphyProfile()
     for name, rest in input_shapes.items():
-        profile.set_shape(name, (batches.min, *rest), (batches.opt, *rest), (batches.max, *rest))
-    config.add_optimization_profile(profile)
-    cache_bytes = b""
-    if timing_cache is not None and timing_cache.is_file():
-        cache_bytes = timing_cache.read_bytes()
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, False)
-    t0 = time.perf_counter()
-    serialized = builder.build_serialized_network(network, config)
-    seconds = time.perf_counter() - t0
-    if serialized is None:
-        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path.name} (see the TensorRT log above)")
+        profile.add(name, min=(batches.min, *rest), opt=(batches.opt, *rest), max=(batches.max, *rest))
+    pools = {trt.MemoryPoolType.WORKSPACE: int(options.workspace_mib) << 20} if options.workspace_mib else None
+    with _polygraphy_logging():
+        with _polygraphy_errors(f"TensorRT could not parse {onnx_path.name}"):
+            builder, network, parser = network_from_onnx_path(str(onnx_path), strongly_typed=True)
+        with _polygraphy_errors("TensorRT rejected the builder configuration"):
+            config = create_config(
+                builder, network, profiles=[profile], builder_optimization_level=int(options.optimization_level),
+                tf32=options.precision != "fp32",  # fp32 means fp32: no TF32 tensor-core rounding
+                memory_pool_limits=pools,
+            )
+        warm = _attach_timing_cache(config, timing_cache)
+        t0 = time.perf_counter()
+        with _polygraphy_errors(f"TensorRT failed to build an engine from {onnx_path.name}"):
+            serialized = engine_bytes_from_network((builder, network, parser), config=config)
+        seconds = time.perf_counter() - t0
     if timing_cache is not None:
-        try:
-            write_bytes_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
-        except OSError as e:  # a read-only cache is not worth failing the build for
-            logger.warning("could not save the TensorRT timing cache %s: %s", timing_cache, e)
+        _save_timing_cache(config, timing_cache)
     facts = {
         "build_seconds": round(seconds, 2),
         "timing_cache": None if timing_cache is None else str(timing_cache),
-        "timing_cache_was_warm": bool(cache_bytes),
+        "timing_cache_was_warm": warm,
     }
     return bytes(serialized), facts
+
+
+# --- validation ----------------------------------------------------------------------------
+def _backend_runner(backend: Any, inputs: list[dict[str, Any]], name: str):
+    """A polygraphy runner over a cmrt backend, so that polygraphy's Comparator drives the engine
+    exactly as it is served (pinned staging, one context and CUDA graph per batch size)."""
+    from polygraphy.backend.base import BaseRunner
+    from polygraphy.common import TensorMetadata
+
+    class BackendRunner(BaseRunner):
+        def activate_impl(self):
+            pass
+
+        def get_input_metadata_impl(self):
+            meta = TensorMetadata()
+            for t in inputs:
+                meta.add(t["name"], dtype=np.dtype(t["dtype"]), shape=[None, *t["shape"][1:]])
+            return meta
+
+        def infer_impl(self, feed_dict):
+            t0 = time.perf_counter()
+            out = backend.run(feed_dict[SAMPLE], feed_dict[TIMESTEP], feed_dict.get(CLASS_LABELS))
+            self.inference_time = time.perf_counter() - t0
+            return {OUTPUT: out}
+
+        def deactivate_impl(self):
+            pass
+
+    return BackendRunner(name=name)
 
 
 def validate_plan(
@@ -142,30 +268,53 @@ def validate_plan(
     precision: str,
     tolerance: float,
 ) -> dict[str, Any]:
-    """Run the engine (the TensorRT backend, as served) against ONNX Runtime fp32 at min/opt/max batch."""
-    from ..runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+    """Run the engine (the TensorRT backend, as served) against ONNX Runtime fp32 at min/opt/max batch.
+
+    polygraphy's Comparator runs both on the same inputs (`sample_inputs`, seeded) and compares
+    the UNet output with `SimpleCompareFunc` on the max abs error; NaN/Inf in the engine's output
+    fails first (Comparator.validate), the error over `tolerance` next."""
+    _polygraphy()
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.comparator import Comparator, SimpleCompareFunc
+
     from ..runtime.backends.tensorrt_backend import TensorRTBackend
 
     ref_precision = "fp32" if "fp32" in data["onnx"] else precision
     if ref_precision != "fp32":
         logger.warning("the folder has no fp32 ONNX model: validating the TensorRT engine against %s ONNX Runtime", ref_precision)
-    ref = OnnxRuntimeBackend(folder / data["onnx"][ref_precision]["file"])
+    ref_path = folder / data["onnx"][ref_precision]["file"]
     io = {"inputs": data["onnx"][precision]["inputs"], "outputs": data["onnx"][precision]["outputs"]}
+    feeds = [sample_inputs(data["unet"], data["scheduler"], b, seed=2000 + i) for i, b in enumerate(batches.validation_batches)]
     candidate = TensorRTBackend(plan_path, io, profile=(batches.min, batches.opt, batches.max))
-    per_batch: dict[str, dict[str, float]] = {}
+    runners = [
+        OnnxrtRunner(SessionFromOnnx(str(ref_path), providers=["cpu"]), name="onnxruntime"),
+        _backend_runner(candidate, io["inputs"], name="tensorrt"),
+    ]
     try:
-        for i, b in enumerate(batches.validation_batches):
-            feeds = sample_inputs(data["unet"], data["scheduler"], b, seed=2000 + i)
-            labels = feeds.get(CLASS_LABELS)
-            want = ref.run(feeds[SAMPLE], feeds[TIMESTEP], labels)
-            got = candidate.run(feeds[SAMPLE], feeds[TIMESTEP], labels)
-            per_batch[str(b)] = compare_outputs(got, want)
+        with _polygraphy_logging(), _polygraphy_errors(f"could not run {plan_path.name} against ONNX Runtime"):
+            results = Comparator.run(runners, data_loader=feeds)
     finally:
         candidate.close()
+    with _polygraphy_logging():
+        compared = Comparator.compare_accuracy(
+            results, compare_func=SimpleCompareFunc(atol=tolerance, rtol=0.0, check_error_stat="max")
+        )
+    (pair,) = compared[0].values()  # one comparison: onnxruntime vs tensorrt, one entry per batch size
+    per_batch: dict[str, dict[str, float]] = {}
+    for b, out, cmp in zip(batches.validation_batches, results["tensorrt"], pair):
+        with _polygraphy_logging():
+            finite = bool(Comparator.validate(_one_run("tensorrt", out), check_inf=True, check_nan=True))
+        stats = cmp[OUTPUT]
+        per_batch[str(b)] = {
+            "finite": finite,
+            "max_abs_error": float(stats.max_absdiff) if finite else float("inf"),
+            "mean_abs_error": float(stats.mean_absdiff) if finite else float("inf"),
+        }
     worst = max(v["max_abs_error"] for v in per_batch.values())
     result = {
-        "reference": f"onnxruntime {ref_precision} ONNX, {ref.provider}",
+        "reference": f"onnxruntime {ref_precision} ONNX, CPUExecutionProvider",
         "metric": "max abs error of the UNet output",
+        "comparator": "polygraphy Comparator, SimpleCompareFunc(check_error_stat='max')",
         "batch_sizes": batches.validation_batches,
         "tolerance": float(tolerance),
         "max_abs_error": worst,
@@ -187,6 +336,14 @@ def validate_plan(
     logger.info("validated %s against ONNX Runtime %s: max abs error %.3g (tolerance %g) at batch sizes %s",
                 plan_path.name, ref_precision, worst, tolerance, batches.validation_batches)
     return result
+
+
+def _one_run(name: str, iteration: Any):
+    from polygraphy.comparator import RunResults
+
+    run = RunResults()
+    run.append((name, [iteration]))
+    return run
 
 
 @contextlib.contextmanager
@@ -256,7 +413,9 @@ def ensure_tensorrt_engine(
         timing_cache = None
         if options.use_timing_cache:
             timing_cache = Path(options.timing_cache) if options.timing_cache else default_timing_cache(platform)
-        plan_bytes, facts = build_plan(folder / onnx_entry["file"], input_shapes, batches, options, timing_cache)
+        with tempfile.TemporaryDirectory(prefix=".sanitized-", dir=folder) as tmp:
+            graph, sanitized = sanitize_onnx(folder / onnx_entry["file"], Path(tmp))
+            plan_bytes, facts = build_plan(graph, input_shapes, batches, options, timing_cache)
         name = engine_file_name(options.precision, platform.tensorrt_version, platform.compute_capability, batches)
         tmp_plan = folder / f".{name}.validating"
         write_bytes_atomic(tmp_plan, plan_bytes)
@@ -267,6 +426,7 @@ def ensure_tensorrt_engine(
             with contextlib.suppress(FileNotFoundError):
                 tmp_plan.unlink()
         new_entry = engine_entry(name, options, batches, platform, onnx_entry["file"], digest, validation, facts)
+        new_entry["options"]["onnx_sanitized"] = sanitized  # what TensorRT parsed: the folder's graph, constants folded
         new_data = dict(data)
         files = dict(data["files"])
         old_file = entry.get("file") if isinstance(entry, dict) else None

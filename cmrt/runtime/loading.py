@@ -113,6 +113,9 @@ def open_backend(
     """Select (see `backends.selection`) and construct the backend; returns (manifest, backend).
 
     The manifest is returned too because a TensorRT engine built or rebuilt here rewrites it.
+    A GPU backend that was selected but cannot be constructed (an engine that fails to build,
+    a CUDA EP that does not load) falls back to the next one, with one warning saying why,
+    unless it was asked for by name (`backend='tensorrt'`) or the CPU was ruled out (`device='cuda'`).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -135,26 +138,39 @@ def open_backend(
         except Exception as e:
             if backend == "tensorrt":
                 raise
-            logger.warning("TensorRT could not be used (%s); falling back to ONNX Runtime", e)
             sel = select_backend(env, "onnxruntime", device, manifest.data)
-    prec = choose_precision(manifest, sel.device, precision)
+            logger.warning("TensorRT could not be used (%s); falling back to ONNX Runtime on %s", _first_line(e), sel.device.upper())
     if sel.device == "cuda":
-        from .backends.ort_cuda_backend import OrtCudaBackend
+        try:
+            return manifest, _open_ort_cuda(manifest, precision, use_cuda_graph)
+        except Exception as e:
+            if device == "cuda":  # the CPU was not an option
+                raise
+            logger.warning("the ONNX Runtime CUDA EP could not be used (%s); falling back to ONNX Runtime on the CPU", _first_line(e))
+    from .backends.onnxruntime_backend import OnnxRuntimeBackend
 
-        engine = OrtCudaBackend(
-            manifest.onnx_path(prec), use_cuda_graph=use_cuda_graph, min_batch=manifest.min_batch, max_batch=manifest.max_batch
-        )
-    else:
-        from .backends.onnxruntime_backend import OnnxRuntimeBackend
+    path, wino = manifest.cpu_graph(choose_precision(manifest, "cpu", precision), winograd)
+    extra = None
+    if wino and wino.get("filters"):
+        from ..engine.winograd import filters_from_weight_file
 
-        path, wino = manifest.cpu_graph(prec, winograd)
-        extra = None
-        if wino and wino.get("filters"):
-            from ..engine.winograd import filters_from_weight_file
-
-            extra = filters_from_weight_file(manifest.folder, wino)
-        engine = OnnxRuntimeBackend(path, threads=threads, extra_inputs=extra)
+        extra = filters_from_weight_file(manifest.folder, wino)
+    engine = OnnxRuntimeBackend(path, threads=threads, extra_inputs=extra)
     return manifest, engine
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _open_ort_cuda(manifest: Manifest, precision: str | None, use_cuda_graph: bool):
+    from .backends.ort_cuda_backend import OrtCudaBackend
+
+    return OrtCudaBackend(
+        manifest.onnx_path(choose_precision(manifest, "cuda", precision)), use_cuda_graph=use_cuda_graph,
+        min_batch=manifest.min_batch, max_batch=manifest.max_batch,
+    )
 
 
 def _open_openvino(manifest: Manifest, precision: str | None, threads: int | None):

@@ -11,6 +11,7 @@ from cmrt.cli import main
 from cmrt.cli.doctor import format_report, gather
 
 from tests.fakes.environments import A100, CPU_ENV, H100, add_fake_engine, gpu_env, patch_env
+from tests.fakes.gpu import simulated_ort_cuda  # noqa: F401  (a fixture)
 
 
 def test_doctor_runs_here(capsys):
@@ -76,3 +77,12 @@ def test_doctor_needs_no_torch():
     r = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "auto picks" in r.stdout and "TensorRT" in r.stdout
+
+
+def test_doctor_shows_why_a_listed_cuda_ep_is_not_used(simulated_ort_cuda, capsys):
+    simulated_ort_cuda.cuda_libraries = False
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "ORT CUDA path   unusable: ONNX Runtime lists the CUDA EP but cannot load it" in out
+    assert "auto picks      onnxruntime on cpu" in out
+    assert "note            ONNX Runtime lists the CUDA EP but cannot load it" in out

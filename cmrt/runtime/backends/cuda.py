@@ -38,8 +38,8 @@ def cudart_module():
             from cuda.bindings import runtime as cudart
         except ImportError as e:
             raise ImportError(
-                "the GPU path needs cuda-python 13 (`from cuda.bindings import runtime`): "
-                "`pip install 'cmrt[gpu]'` on a machine with an NVIDIA driver"
+                "the GPU path needs cuda-bindings 13 (`from cuda.bindings import runtime`): "
+                "`pip install 'cmrt[gpu-ort]'` (cuda-bindings) on a machine with an NVIDIA driver"
             ) from e
         _CUDART = cudart
     return _CUDART

@@ -44,6 +44,8 @@ class Environment:
     onnxruntime_version: str | None = None
     onnxruntime_providers: tuple[str, ...] = ()
     onnxruntime_error: str | None = None
+    # why a session cannot really run on the CUDA EP although the providers list it (None: it can, or not probed)
+    onnxruntime_cuda_error: str | None = None
     openvino_installed: bool = False
 
     @property
@@ -60,11 +62,11 @@ class Environment:
         if not self.gpus:
             return f"no NVIDIA GPU found ({self.gpu_error or 'none visible'})"
         if self.cuda_python_version is None:
-            return f"cuda-python is not installed ({self.cuda_python_error or 'cuda.bindings not importable'}); `pip install 'cmrt[gpu]'`"
+            return f"cuda-python is not installed ({self.cuda_python_error or 'cuda.bindings not importable'}); `pip install cuda-bindings` (in the gpu extras)"
         if self.gpu_source != "cuda-python":
             return f"the CUDA runtime cannot reach the GPU ({self.gpu_error or 'cudaGetDeviceCount failed'})"
         if self.tensorrt_version is None:
-            return f"TensorRT is not installed ({self.tensorrt_error or 'tensorrt not importable'}); `pip install 'cmrt[gpu]'`"
+            return f"TensorRT is not installed ({self.tensorrt_error or 'tensorrt not importable'}); `pip install 'cmrt[gpu]' --extra-index-url https://pypi.nvidia.com`"
         return None
 
     @property
@@ -79,6 +81,8 @@ class Environment:
             return f"onnxruntime is not installed ({self.onnxruntime_error})"
         if "CUDAExecutionProvider" not in self.onnxruntime_providers:
             return "this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu instead of onnxruntime)"
+        if self.onnxruntime_cuda_error:
+            return self.onnxruntime_cuda_error
         return None
 
     @property
@@ -173,12 +177,50 @@ def _probe_tensorrt() -> dict[str, Any]:
         return {"tensorrt_error": f"{type(e).__name__}: {e}".splitlines()[0]}
 
 
-def _probe_onnxruntime() -> dict[str, Any]:
+# A one-node ONNX model (Identity on a float[1], opset 13, IR 8), serialized: what the CUDA EP
+# probe opens, so that probing needs neither the onnx package nor a model file.
+# tests/runtime/backends/test_probe.py rebuilds it with onnx.helper and checks these bytes.
+PROBE_MODEL = (
+    b"\x08\x08\x12\x04cmrt:;\n\x10\n\x01x\x12\x01y\"\x08Identity\x12\x05probeZ\x0f\n\x01x\x12\n\n\x08\x08\x01"
+    b"\x12\x04\n\x02\x08\x01b\x0f\n\x01y\x12\n\n\x08\x08\x01\x12\x04\n\x02\x08\x01B\x04\n\x00\x10\r"
+)
+
+
+def ort_cuda_load_error(ort: Any) -> str | None:
+    """Why an ONNX Runtime session cannot run on the CUDA EP here, or None when it can.
+
+    `get_available_providers()` lists the CUDA EP whenever onnxruntime-gpu is installed; whether
+    its libraries (CUDA, cuDNN, cuBLAS) load shows only when a session is created, and a session
+    that cannot load them silently runs on the CPU. So: preload the pip-installed libraries and
+    open a one-node session, as the ONNX Runtime CUDA backend will."""
+    from .ort_cuda_backend import preload_cuda_libraries
+
+    preload_error = preload_cuda_libraries(ort)
+    try:
+        so = ort.SessionOptions()
+        so.log_severity_level = 4  # the failure is reported here, not as ONNX Runtime's log line
+        session = ort.InferenceSession(PROBE_MODEL, so, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+        active = list(session.get_providers())
+    except Exception as e:
+        return f"ONNX Runtime lists the CUDA EP but a session on it fails: {type(e).__name__}: {e}".splitlines()[0]
+    if active[:1] != ["CUDAExecutionProvider"]:
+        why = f"; {preload_error}" if preload_error else ""
+        return (
+            "ONNX Runtime lists the CUDA EP but cannot load it (CUDA or cuDNN libraries missing: install "
+            f"`onnxruntime-gpu[cuda,cudnn]`){why}; a session would run on {active[0] if active else 'the CPU'}"
+        )
+    return None
+
+
+def _probe_onnxruntime(cuda_check: bool) -> dict[str, Any]:
     try:
         import onnxruntime as ort
     except Exception as e:
         return {"onnxruntime_error": f"{type(e).__name__}: {e}".splitlines()[0]}
-    return {"onnxruntime_version": ort.__version__, "onnxruntime_providers": tuple(ort.get_available_providers())}
+    out = {"onnxruntime_version": ort.__version__, "onnxruntime_providers": tuple(ort.get_available_providers())}
+    if cuda_check and "CUDAExecutionProvider" in out["onnxruntime_providers"]:
+        out["onnxruntime_cuda_error"] = ort_cuda_load_error(ort)
+    return out
 
 
 @functools.lru_cache(maxsize=4)
@@ -186,7 +228,8 @@ def probe_environment(tensorrt: bool | None = None) -> Environment:
     """Machine facts, gathered once per process (`probe_environment.cache_clear()` to redo). Never raises.
 
     `tensorrt`: None imports TensorRT only when a GPU is visible (where it could run), True
-    always (`cmrt doctor` reports its version anyway), False never.
+    always (`cmrt doctor` reports its version anyway), False never. Where a GPU is visible and
+    ONNX Runtime lists its CUDA EP, a one-node session checks that the EP really loads.
     """
     facts: dict[str, Any] = {}
     facts.update(_probe_cuda_python())
@@ -203,6 +246,6 @@ def probe_environment(tensorrt: bool | None = None) -> Environment:
         facts.update(_probe_tensorrt())
     else:
         facts["tensorrt_error"] = "not probed: no GPU" if tensorrt is None else "not probed"
-    facts.update(_probe_onnxruntime())
+    facts.update(_probe_onnxruntime(cuda_check=bool(facts.get("gpus"))))
     facts["openvino_installed"] = importlib.util.find_spec("openvino") is not None  # located, not imported (slow)
     return Environment(**facts)

@@ -39,7 +39,7 @@ class Selection:
     reason: str
     engine_action: str | None = None  # tensorrt only: "reuse" | "build" | "rebuild" | None (no folder)
     engine_reason: str | None = None
-    fallback: str | None = None  # set when the folder's TensorRT engine is skipped: the one log line to show
+    fallback: str | None = None  # set when a GPU backend here cannot run (the folder's engine, the CUDA EP): the one log line
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def to_dict(self) -> dict[str, Any]:
@@ -156,9 +156,12 @@ def select_backend(
             notes.append(f"TensorRT not used: {trt_skip}")
     else:
         trt_skip = f"TensorRT cannot run here: {env.tensorrt_missing_reason}"
-    fallback = None
+    skipped = []  # GPU backends this machine has that cannot run: the one fallback line says why
     if entry:
-        fallback = f"the folder's TensorRT engine ({_entry_summary(entry)}) is not used: {trt_skip}"
+        skipped.append(f"the folder's TensorRT engine ({_entry_summary(entry)}) is not used: {trt_skip}")
+    if env.has_gpu and env.onnxruntime_cuda_error:
+        skipped.append(env.onnxruntime_cuda_error)
+    fallback = "; ".join(skipped) or None
     if env.ort_cuda_usable:
         return Selection(
             "onnxruntime", "cuda",

@@ -11,6 +11,11 @@ Per batch size b (created on first use, then reused):
   `execute_async_v3` that flushes deferred shape updates, then a CUDA graph captured from a
   second enqueue and replayed on every later call. If capture fails, that batch size falls
   back to plain enqueue with a warning. Host data goes through pinned staging buffers.
+
+Threads: every call holds one lock, so a `close()` never frees memory a replay is still using,
+and each call first makes the backend's GPU current in the calling thread (the current CUDA
+device is per host thread, and a `run()` may come from any thread). The engine's I/O tensors
+are checked against the manifest at load (names and dtypes).
 """
 from __future__ import annotations
 
@@ -30,6 +35,8 @@ from . import cuda
 logger = logging.getLogger(__name__)
 
 _NP_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32}
+# TensorRT's DataType members by the manifest's dtype names (TensorRT 11 has no `nptype`).
+_TRT_DTYPES = {"float32": "FLOAT", "float16": "HALF", "int64": "INT64", "int32": "INT32"}
 
 
 @dataclass
@@ -56,7 +63,7 @@ class TensorRTBackend:
         try:
             import tensorrt as trt
         except Exception as e:
-            raise ImportError(f"the TensorRT backend needs TensorRT 11 (`pip install 'cmrt[gpu]'`): {e}") from e
+            raise ImportError(f"the TensorRT backend needs TensorRT 11 (`pip install 'cmrt[gpu]' --extra-index-url https://pypi.nvidia.com`): {e}") from e
         self._closed = True  # until fully constructed
         self._lock = threading.Lock()
         self.plan_path = Path(plan_path)
@@ -83,6 +90,7 @@ class TensorRTBackend:
                 f"{sorted(self.input_names + self.output_names)}; rebuild the engine"
             )
         specs = {t["name"]: t for t in io_spec["inputs"] + io_spec["outputs"]}
+        self._check_io(trt, specs)
         self._dtypes = {n: np.dtype(_NP_DTYPES[specs[n]["dtype"]]) for n in specs}
         self._tail = {n: tuple(int(d) for d in specs[n]["shape"][1:]) for n in specs}
 
@@ -113,6 +121,24 @@ class TensorRTBackend:
             self.plan_path.name, self.device_index, self.min_batch, self.max_batch, total / 2**20,
             self._scratch.nbytes / 2**20, "on" if self.use_cuda_graph else "off",
         )
+
+    def _check_io(self, trt: Any, specs: dict[str, Any]) -> None:
+        """The engine's I/O dtypes must be the manifest's: the pinned staging buffers and the copies
+        are sized from the manifest, so a mismatch would corrupt memory instead of failing."""
+        problems = []
+        for name, spec in specs.items():
+            want = _TRT_DTYPES.get(spec["dtype"])
+            if want is None:
+                problems.append(f"{name!r} has dtype {spec['dtype']!r} in the manifest, which this backend cannot feed")
+                continue
+            got = self._engine.get_tensor_dtype(name)
+            if got != getattr(trt.DataType, want):
+                problems.append(f"{name!r} is {getattr(got, 'name', got)} in the engine, {spec['dtype']} in the manifest")
+        if problems:
+            raise RuntimeError(
+                f"{self.plan_path.name} does not match the folder's manifest: " + "; ".join(problems)
+                + "; rebuild the engine with `cmrt build ... --backend tensorrt`"
+            )
 
     # --- per batch size -------------------------------------------------------------------
     def _enqueue(self, context: Any) -> None:
@@ -159,8 +185,6 @@ class TensorRTBackend:
 
     # --- the contract -----------------------------------------------------------------------
     def run(self, sample: np.ndarray, timestep: np.ndarray, class_labels: np.ndarray | None = None) -> np.ndarray:
-        if self._closed:
-            raise RuntimeError("this TensorRT backend was closed")
         batch = int(sample.shape[0])
         if not self.min_batch <= batch <= self.max_batch:
             raise ValueError(
@@ -169,6 +193,9 @@ class TensorRTBackend:
             )
         inputs = {SAMPLE: sample, TIMESTEP: timestep, CLASS_LABELS: class_labels}
         with self._lock:
+            if self._closed:
+                raise RuntimeError("this TensorRT backend was closed")
+            cuda.set_device(self.device_index)  # this thread's current device may be another GPU
             slot = self._slot(batch)
             for n in self.input_names:
                 arr = inputs.get(n)
@@ -192,11 +219,21 @@ class TensorRTBackend:
             return out.copy()
 
     def close(self) -> None:
-        """Free graphs, contexts and buffers (also done at garbage collection)."""
-        if getattr(self, "_closed", True):
+        """Free graphs, contexts and buffers (also done at garbage collection).
+
+        Takes the lock, so it waits for a `run()` in another thread to finish with the memory."""
+        lock = getattr(self, "_lock", None)
+        if lock is None:  # the constructor failed before the lock existed
             return
-        self._closed = True
+        with lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._free()
+
+    def _free(self) -> None:
         try:
+            cuda.set_device(self.device_index)
             if self._stream is not None and self._stream.handle is not None:
                 self._stream.synchronize()
         except Exception:  # pragma: no cover - teardown after a CUDA error

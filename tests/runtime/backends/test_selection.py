@@ -207,7 +207,7 @@ def test_load_rebuilds_a_stale_engine_then_uses_it(small_models, tmp_path, monke
     ref = cmrt.load(folder, device="cpu")
     a = pipe(batch_size=2, seed=3, timesteps=[22, 0], output_type="np").images
     b = ref(batch_size=2, seed=3, timesteps=[22, 0], output_type="np").images
-    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)  # the CPU reference may be the Winograd graph
     # loading again is a cache hit
     cmrt.load(folder, backend="auto", precision="fp32")
     assert fake.builds == 1
