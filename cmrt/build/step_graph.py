@@ -73,11 +73,11 @@ def add_step(model) -> None:
     graph = model.graph
     by_name = {i.name: i for i in graph.input}
     outputs = {o.name: o for o in graph.output}
-    if SAMPLE not in by_name or OUTPUT not in outputs:
-        raise ValueError(f"not a cmrt UNet graph: needs input {SAMPLE!r} and output {OUTPUT!r}")
     taken = {STEP_X, STEP_COEFS, NOISE_TERM, STEP_OUTPUT} & (set(by_name) | set(outputs))
     if taken:
         raise ValueError(f"the graph already has tensors named {sorted(taken)}: is it a step graph already?")
+    if SAMPLE not in by_name or OUTPUT not in outputs:
+        raise ValueError(f"not a cmrt UNet graph: needs input {SAMPLE!r} and output {OUTPUT!r}")
     sample = by_name[SAMPLE]
     kept = [i for i in graph.input if i.name != SAMPLE]
     x = helper.make_tensor_value_info(STEP_X, TensorProto.FLOAT, None)
