@@ -43,9 +43,12 @@ def run(args) -> int:
     t = m.tensorrt
     if t:
         v, g, pr = t["validation"], t["gpu"], t["profile"]
+        profiles = " + ".join(f"{p['min']}/{p['opt']}/{p['max']}" for p in t.get("profiles") or [pr])
+        level = t.get("options", {}).get("optimization_level")
         print(
             f"tensorrt        {t['file']}  TensorRT {t['tensorrt_version']}, {g['name']} (cc {g['compute_capability']}), "
-            f"batch {pr['min']}/{pr['opt']}/{pr['max']}, max abs error vs ONNX Runtime {v['max_abs_error']:.2e} (tol {v['tolerance']})"
+            f"batch {pr['min']}..{pr['max']} in profiles {profiles} (min/opt/max), optimization level {level}, "
+            f"max abs error vs ONNX Runtime {v['max_abs_error']:.2e} (tol {v['tolerance']})"
         )
     for name, rec in sorted(m.files.items()):
         print(f"file            {name}  {rec['bytes'] / 1e6:.1f} MB  sha256 {rec['sha256'][:16]}… (verified)")
