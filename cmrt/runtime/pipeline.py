@@ -102,6 +102,8 @@ class Pipeline(EditingMixin):
         allocations; contexts and graph capture on GPUs): the backend's `warmup(batch_sizes)` where it
         has one, else one UNet call with zeros per batch size. Returns the sizes warmed up."""
         sizes = self.check_warmup(batch_sizes)
+        if not sizes:
+            return sizes
         hook = getattr(self.backend, "warmup", None)
         if callable(hook):
             hook(sizes)
@@ -110,8 +112,7 @@ class Pipeline(EditingMixin):
                 zeros = np.zeros((b, *self.sample_shape), dtype=np.float32)
                 labels = np.zeros(b, dtype=np.int64) if self.num_classes is not None else None
                 self.backend.run(zeros, np.zeros(b, dtype=np.float32), labels)
-        if sizes:
-            logger.info("warmed up batch sizes %s on %s/%s", sizes, self.backend.name, self.backend.device)
+        logger.info("warmed up batch sizes %s on %s/%s", sizes, self.backend.name, self.backend.device)
         return sizes
 
     def schedule(self, num_inference_steps: int | None, timesteps: Sequence[int] | None) -> cm.Schedule:

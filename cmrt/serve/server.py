@@ -92,6 +92,7 @@ class ServeOptions:
     device: str = "auto"
     precision: str | None = None
     threads: int | None = None
+    warmup: tuple[int, ...] | None = None  # batch sizes warmed up before the model is ready (cmrt.load's `warmup`)
     startup_timeout: float = 120.0
     stop_timeout: float = 6.0
     exit_timeout_secs: int = 3  # tritonserver's wait for in-flight requests on shutdown
@@ -207,6 +208,7 @@ class TritonServer:
                     backend=o.backend,
                     device=o.device,
                     threads=o.threads,
+                    warmup=o.warmup,
                 )
                 if self.repository is not None:
                     repo = self.repository
