@@ -10,7 +10,10 @@ Run: .venv/bin/python -m benchmarks.host_overhead [ENGINE_DIR] (default engines/
    nothing, after summing a 64 MB array, and after the real UNet: whatever evicts the caches
    makes the same operations 10x slower, which is the floor of any host code between UNet calls;
    and the same operations written with keyword `out=` and per-call scalars, against
-   `after_unet`'s positional form.
+   `after_unet`'s positional form;
+5. whole calls through the step graph (each step's arithmetic inside ONNX Runtime) against the
+   numpy loop, same folder and graph, alternated call by call: what `step_graph`'s default on
+   the CPU is chosen by.
 """
 from __future__ import annotations
 
@@ -128,6 +131,25 @@ def main() -> None:
             acc[name].append(time.perf_counter() - t1)
     print("post-UNet step work after the real UNet: " + ", ".join(
         f"{name} {np.median(a[20:]) * 1e6:.1f} us" for name, a in acc.items()))
+    compare_step_graph(engine)
+
+
+def compare_step_graph(engine: str, calls: int = 300) -> None:
+    """Median call time through the step graph and through the numpy loop, alternated call by call."""
+    import cmrt
+
+    pipes = {"numpy loop": cmrt.load(engine, device="cpu", warmup=[1, 4]),
+             "step graph": cmrt.load(engine, device="cpu", step_graph=True, warmup=[1, 4])}
+    for batch, steps in ((1, 1), (1, 2), (4, 2)):
+        acc = {name: [] for name in pipes}
+        for i in range(calls + 20):
+            for name, pipe in pipes.items():
+                t0 = time.perf_counter()
+                pipe(batch_size=batch, num_inference_steps=steps, seed=i, output_type="np")
+                acc[name].append(time.perf_counter() - t0)
+        med = {name: float(np.median(a[20:])) for name, a in acc.items()}
+        print(f"batch {batch}, {steps} step(s): " + ", ".join(f"{name} {m * 1e3:.3f} ms" for name, m in med.items())
+              + f"; step graph / numpy loop {med['step graph'] / med['numpy loop']:.3f}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from ..engine.step_graph import step_graph as step_graph_file
 from ..engine.tensorrt import TensorRTOptions
 from .backends.probe import Environment, probe_environment
 from .backends.selection import BACKENDS, DEVICES, Selection, select_backend
-from .pipeline import Pipeline
+from .pipeline import Pipeline, check_warmup
 
 logger = logging.getLogger(__name__)
 
@@ -123,10 +123,10 @@ def load(
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     if not isinstance(model_or_engine_dir, (str, os.PathLike)):
         raise TypeError(f"model_or_engine_dir must be a path or model name, got {type(model_or_engine_dir).__name__}")
-    if warmup is not None and (isinstance(warmup, (str, bytes)) or not hasattr(warmup, "__iter__")):
-        raise TypeError(f"warmup must be a list of batch sizes such as [1, 4], got {warmup!r}")
     folder = find_engine_folder(model_or_engine_dir)
     manifest = read_manifest(folder, verify=verify)
+    if warmup is not None:  # checked before the (slow) backend is opened
+        warmup = check_warmup(warmup, manifest.min_batch, manifest.max_batch)
     manifest, engine = open_backend(manifest, backend, device, precision, threads, use_cuda_graph, winograd, step_graph)
     pipe = Pipeline(manifest, engine)
     if warmup is not None:

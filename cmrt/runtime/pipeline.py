@@ -31,6 +31,23 @@ def _check_int(name: str, value: Any) -> int:
     return int(value)
 
 
+def check_warmup(batch_sizes: Any, min_batch: int, max_batch: int) -> list[int]:
+    """`warmup` as distinct batch sizes within the engine's range min_batch..max_batch, in the given order."""
+    if isinstance(batch_sizes, (str, bytes, numbers.Number)) or not hasattr(batch_sizes, "__iter__"):
+        raise TypeError(f"warmup must be a list of batch sizes such as [1, 4], got {batch_sizes!r}")
+    sizes: list[int] = []
+    for b in batch_sizes:
+        b = _check_int("each warmup batch size", b)
+        if not min_batch <= b <= max_batch:
+            raise ValueError(
+                f"warmup batch size {b} is outside this engine's range {min_batch}..{max_batch}; "
+                f"warm up sizes the engine serves, or rebuild with `cmrt build ... --max-batch {b}`"
+            )
+        if b not in sizes:
+            sizes.append(b)
+    return sizes
+
+
 class Pipeline(EditingMixin):
     """Generation on one engine folder through one backend. Create with `cmrt.load`."""
 
@@ -81,27 +98,11 @@ class Pipeline(EditingMixin):
             )
         return b
 
-    def check_warmup(self, batch_sizes: Any) -> list[int]:
-        """`warmup` as distinct batch sizes within the engine's range, in the given order."""
-        if isinstance(batch_sizes, (str, bytes, numbers.Number)) or not hasattr(batch_sizes, "__iter__"):
-            raise TypeError(f"warmup must be a list of batch sizes such as [1, 4], got {batch_sizes!r}")
-        sizes: list[int] = []
-        for b in batch_sizes:
-            b = _check_int("each warmup batch size", b)
-            if not self.min_batch <= b <= self.max_batch:
-                raise ValueError(
-                    f"warmup batch size {b} is outside this engine's range {self.min_batch}..{self.max_batch}; "
-                    f"warm up sizes the engine serves, or rebuild with `cmrt build ... --max-batch {b}`"
-                )
-            if b not in sizes:
-                sizes.append(b)
-        return sizes
-
     def warmup(self, batch_sizes: Sequence[int]) -> list[int]:
         """Pay now what the first request at each of `batch_sizes` would pay (ONNX Runtime's first-run
         allocations; contexts and graph capture on GPUs): the backend's `warmup(batch_sizes)` where it
         has one, else one UNet call with zeros per batch size. Returns the sizes warmed up."""
-        sizes = self.check_warmup(batch_sizes)
+        sizes = check_warmup(batch_sizes, self.min_batch, self.max_batch)
         if not sizes:
             return sizes
         hook = getattr(self.backend, "warmup", None)

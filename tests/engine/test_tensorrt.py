@@ -251,8 +251,6 @@ def test_validation_inputs_and_comparison():
         tb.compare_outputs(ref[:1], ref)
 
 
-
-
 # --- a folder built before latency profiles, through cmrt.load ----------------------------
 @pytest.fixture
 def old_folder(small_models, tmp_path):
