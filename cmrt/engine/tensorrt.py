@@ -1,11 +1,12 @@
 """TensorRT engines in an engine folder: the pure decisions, readable without TensorRT.
 
 The engine is built (by `cmrt.build.tensorrt`) from the folder's fp16 ONNX graph as a
-strongly typed network at the highest builder optimization level, with latency profiles
-over the batch axis (`optimization_profiles`: one with opt = 1 that serves batch 1, the
-latency case, and one for the rest of the folder's range tuned at its opt batch; an
-execution context selects its profile by batch size, `profile_index_for`), and written
-beside the ONNX under a name that says what built it
+strongly typed network at the highest builder optimization level. Its optimization
+profiles over the batch axis are decided here (`optimization_profiles`: one with opt = 1
+that serves batch 1, the latency case, and one for the rest of the folder's range tuned at
+its opt batch; `profile_shapes` gives the builder each profile's input shapes, and an
+execution context selects its profile by batch size, `profile_index_for`). The plan is
+written beside the ONNX under a name that says what built it
 (`unet.fp16.trt11.4.sm90.b1-1-1+2-4-16.lvl5.plan`). Its manifest entry records the TensorRT
 version, the GPU, the batch range and the profiles, the options, the ONNX file's SHA-256
 and the validation against ONNX Runtime fp32. A plan is only ever deserialized on the GPU

@@ -23,13 +23,11 @@ from ...engine.io_spec import (
     STEP_INPUT_NAMES,
     STEP_OUTPUT,
     STEP_X,
+    UNET_ONLY_COEFS,
     feeds,
     step_feeds,
 )
 from ..sampling import through_step_graph
-
-# Step constants under which the step graph's F output is the plain UNet call: x / 1 is x exactly.
-_UNET_ONLY = {"divisor": 1.0, "c_skip": 0.0, "c_out": 1.0, "clip_min": -np.inf, "clip_max": np.inf}
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +82,7 @@ class OnnxRuntimeBackend:
             raise ValueError(f"{onnx_path} needs inputs {missing[:3]}{'...' if len(missing) > 3 else ''} that were not given")
         self.conditional = CLASS_LABELS in self.input_names
         self.output_name = OUTPUT if self.step_graph else self.session.get_outputs()[0].name
-        self._unet_only = np.array([_UNET_ONLY[n] for n in STEP_COEF_ORDER], dtype=np.float32)
+        self._unet_only = np.array([UNET_ONLY_COEFS[n] for n in STEP_COEF_ORDER], dtype=np.float32)
         self._zeros: dict[tuple[int, ...], np.ndarray] = {}
         self._zeros_lock = threading.Lock()
         logger.info("ONNX Runtime session on %s (%d threads) for %s%s", self.provider, self.threads, onnx_path,
