@@ -169,7 +169,7 @@ def validate_step_graph(
     extra_feeds: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Run the step graph in ONNX Runtime (CPU) against the numpy step on its plain graph's
-    output; raise if `x_next` is off by more than STEP_TOLERANCE or F differs at all."""
+    output; raise if `x_next` or its UNet output F is off by more than STEP_TOLERANCE."""
     from ..runtime import scheduler as cm
 
     cfg = cm.SchedulerConfig.from_dict(dict(scheduler))
@@ -198,10 +198,10 @@ def validate_step_graph(
         unet_errors[key] = float(np.abs(got_f.astype(np.float64) - want_f).max())
     del step
     worst, worst_f = max(errors.values()), max(unet_errors.values())
-    if worst > STEP_TOLERANCE or worst_f > 0:
+    if not (worst <= STEP_TOLERANCE and worst_f <= STEP_TOLERANCE):
         raise RuntimeError(
-            f"{step_file}: differs from the numpy step on {plain_file}'s output by {worst:.3g} (max abs; tolerance "
-            f"{STEP_TOLERANCE}), its UNet output by {worst_f:.3g} (must be 0); per case: {errors}"
+            f"{step_file}: differs from the numpy step on {plain_file}'s output by {worst:.3g} (max abs), its UNet "
+            f"output from {plain_file}'s by {worst_f:.3g} (tolerance {STEP_TOLERANCE}); per case: {errors}"
         )
     logger.info("validated %s against the numpy step on %s: max abs error %.3g", step_file, plain_file, worst)
     return {
