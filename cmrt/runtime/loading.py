@@ -68,8 +68,9 @@ def choose_precision(manifest: Manifest, device: str, precision: str | None) -> 
 
 
 # Whether generation runs through the folder's step graph when `step_graph=None`, per (backend,
-# device) that can run one. ONNX Runtime on the CPU: the numpy loop, which measured as fast or
-# faster (`python -m benchmarks.host_overhead`, docs/benchmarks.md); the host is the CPU either way.
+# device) that can run one. ONNX Runtime on the CPU: the numpy loop; the step graph measured
+# neither faster nor slower there (`python -m benchmarks.host_overhead ENGINE --step-graph-only`,
+# docs/benchmarks.md), the host being the CPU either way.
 STEP_GRAPH_DEFAULTS = {("onnxruntime", "cpu"): False}
 
 
