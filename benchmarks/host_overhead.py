@@ -1,6 +1,8 @@
 """How much of a cmrt call is host work outside the UNet, and where it comes from.
 
-Run: .venv/bin/python -m benchmarks.host_overhead [ENGINE_DIR] (default engines/digits)
+Run: .venv/bin/python -m benchmarks.host_overhead [ENGINE_DIR] (default engines/digits);
+`--step-graph-only [--calls N] [--settings 1x1,1x2,4x2]` runs part 5 alone (BATCHxSTEPS),
+for real-size models where the other parts take too long.
 1. cmrt's own per-call code, with the UNet replaced by a stand-in that returns at once;
 2. time outside the UNet next to the real ONNX Runtime call, per call and per step (within the
    denoising loop), with `cmrt bench`'s clock, calls back to back;
@@ -10,7 +12,10 @@ Run: .venv/bin/python -m benchmarks.host_overhead [ENGINE_DIR] (default engines/
    nothing, after summing a 64 MB array, and after the real UNet: whatever evicts the caches
    makes the same operations 10x slower, which is the floor of any host code between UNet calls;
    and the same operations written with keyword `out=` and per-call scalars, against
-   `after_unet`'s positional form.
+   `after_unet`'s positional form;
+5. whole calls through the step graph (each step's arithmetic inside ONNX Runtime) against the
+   numpy loop, same folder and graph, alternated call by call: what `step_graph`'s default on
+   the CPU is chosen by.
 """
 from __future__ import annotations
 
@@ -36,7 +41,19 @@ def main() -> None:
     import cmrt
     from cmrt.runtime import scheduler as cm
 
-    engine = sys.argv[1] if len(sys.argv) > 1 else "engines/digits"
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.host_overhead")
+    p.add_argument("engine", nargs="?", default="engines/digits")
+    p.add_argument("--step-graph-only", action="store_true", help="only part 5: the step graph against the numpy loop")
+    p.add_argument("--calls", type=int, default=300, help="part 5: timed calls per pipeline and setting")
+    p.add_argument("--settings", default="1x1,1x2,4x2", help="part 5: BATCHxSTEPS, comma-separated")
+    args = p.parse_args()
+    engine = args.engine
+    settings = [tuple(int(v) for v in s.split("x")) for s in args.settings.split(",")]
+    if args.step_graph_only:
+        compare_step_graph(engine, args.calls, settings)
+        return
     pipe = cmrt.load(engine)
     real = pipe.backend.run
     pipe.backend.run = lambda s, t, l: np.zeros_like(s)
@@ -128,6 +145,30 @@ def main() -> None:
             acc[name].append(time.perf_counter() - t1)
     print("post-UNet step work after the real UNet: " + ", ".join(
         f"{name} {np.median(a[20:]) * 1e6:.1f} us" for name, a in acc.items()))
+    compare_step_graph(engine, args.calls, settings)
+
+
+def compare_step_graph(engine: str, calls: int, settings) -> None:
+    """Median call time through the step graph and through the numpy loop (both on the graph the folder's
+    CPU default runs: Winograd where kept), alternated call by call, after warm-up calls."""
+    import cmrt
+
+    batches = sorted({b for b, _ in settings})
+    pipes = {"numpy loop": cmrt.load(engine, device="cpu", warmup=batches),
+             "step graph": cmrt.load(engine, device="cpu", step_graph=True, warmup=batches)}
+    graph = "Winograd" if pipes["step graph"].backend.extra_inputs else "plain"
+    print(f"step graph against the numpy loop on {engine} ({graph} graph): {calls} calls per pipeline and setting")
+    warm = max(2, min(20, calls // 10))
+    for batch, steps in settings:
+        acc = {name: [] for name in pipes}
+        for i in range(calls + warm):
+            for name, pipe in pipes.items():
+                t0 = time.perf_counter()
+                pipe(batch_size=batch, num_inference_steps=steps, seed=i, output_type="np")
+                acc[name].append(time.perf_counter() - t0)
+        med = {name: float(np.median(a[warm:])) for name, a in acc.items()}
+        print(f"batch {batch}, {steps} step(s): " + ", ".join(f"{name} {m * 1e3:.3f} ms" for name, m in med.items())
+              + f"; step graph / numpy loop {med['step graph'] / med['numpy loop']:.3f}")
 
 
 if __name__ == "__main__":

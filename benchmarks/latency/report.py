@@ -5,6 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .gpu_report import gpu_markdown
+
 
 def summarize(samples: list[float]) -> dict:
     a = np.asarray(samples, dtype=np.float64)
@@ -96,6 +98,7 @@ def markdown(result: dict, plot_name: str | None) -> str:
               "convolutions with fewer multiplications (cmrt's Winograd CPU graph) shows an effective rate above 100%")
     md += ["", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     md += ["| " + " | ".join(fmt_row(r)) + " |" for r in rows(result)]
+    md += gpu_markdown(result["runs"])
     timed = [(r, per_step_times(r, r["steps"]), per_step_times(r.get("back_to_back") or {}, r["steps"]))
              for r in rows(result)]
     timed = [t for t in timed if t[1] or t[2]]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import machine, report
+from . import gpu_report, machine, report
 
 logger = logging.getLogger("cmrt.bench")
 REPO = Path(__file__).resolve().parents[2]
@@ -43,6 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-cold-start", action="store_true", help="skip the new-process measurements")
     p.add_argument("--cold-start-only", action="store_true",
                    help="re-measure only the cold start and rewrite the report of an earlier run in --out")
+    p.add_argument("--gpu-peak-tflops", type=float, default=None,
+                   help="the GPU's dense fp16 peak for the report's fraction of peak (default: looked up by the GPU's "
+                        "name in benchmarks/latency/gpu_report.py)")
     p.add_argument("--out", type=Path, default=None, help="folder for JSON, Markdown and PNG (default benchmarks/results/NAME)")
     p.add_argument("--engines", type=Path, default=Path("engines"))
     args = p.parse_args(argv)
@@ -56,6 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"--{name} values must be >= 1")
     if args.runs < 1 or args.warmup < 0 or args.steady_runs < 0 or args.settle_ms < 0:
         p.error("--runs must be >= 1, and --warmup, --steady-runs and --settle-ms >= 0")
+    if args.gpu_peak_tflops is not None and not args.gpu_peak_tflops > 0:
+        p.error("--gpu-peak-tflops must be positive")
     return args
 
 
@@ -81,6 +86,13 @@ def gpu_present() -> bool:
     return probe_environment().has_gpu
 
 
+def gpu_name() -> str | None:
+    from cmrt.runtime.backends.probe import probe_environment
+
+    gpu = probe_environment().gpu
+    return gpu.name if gpu else None
+
+
 def make_systems(folder: Path, engine: Path, args, notes: list[str]):
     from .systems import CmrtSystem, DiffusersSystem
 
@@ -102,6 +114,11 @@ def make_systems(folder: Path, engine: Path, args, notes: list[str]):
     if wino and wino["used"]:  # show what the Winograd graph buys: the same backend on the plain graph
         systems.append(CmrtSystem(str(engine), backend="onnxruntime", device="cpu", winograd=False,
                                   name="cmrt onnxruntime cpu, plain graph"))
+    try:  # each step's arithmetic in the step graph instead of numpy (what the default on the CPU is measured against)
+        systems.append(CmrtSystem(str(engine), backend="onnxruntime", device="cpu", step_graph=True,
+                                  name="cmrt onnxruntime cpu, step graph"))
+    except ValueError as e:  # a folder built before step graphs
+        notes.append(f"cmrt onnxruntime cpu, step graph unavailable: {e}")
     for precision in ("fp32", "bf16"):
         try:
             systems.append(CmrtSystem(str(engine), backend="openvino", device="cpu", precision=precision,
@@ -173,6 +190,7 @@ def measure(systems, args, bar) -> list[dict]:
     for batch in args.batch:
         for steps in args.steps:
             samples = {s.name: [] for s in systems}
+            events = {s.name: [] for s in systems}  # CUDA-event timings of each timed call, where the backend has them
             for s in systems:
                 for _ in range(args.warmup):
                     s(batch, steps, 0)
@@ -180,7 +198,9 @@ def measure(systems, args, bar) -> list[dict]:
             for i in range(args.runs):
                 for s in systems:  # interleaved: noise lands on every system alike
                     settle(args.settle_ms / 1e3)
+                    s.take_event_timings()  # drop what earlier, untimed calls left
                     samples[s.name].append(timed_call(s, batch, steps, 1 + i))
+                    events[s.name].append(s.take_event_timings() or [])
                     bar.update()
             for s in systems:
                 steady = []
@@ -194,6 +214,7 @@ def measure(systems, args, bar) -> list[dict]:
                     "system": s.name, "kind": s.kind, "batch": batch, "steps": steps,
                     "latency": report.summarize(lat), "samples_s": lat,
                     "unet_s": [x[1] for x in samples[s.name]], "loop_s": [x[2] for x in samples[s.name]],
+                    "event_ms": events[s.name],
                     "outside_unet_share": per_call,
                     "outside_unet_share_per_step": per_step,
                     "back_to_back": {
@@ -282,6 +303,8 @@ def main(argv=None) -> int:
         r["images_per_s"] = r["batch"] / med
         r["achieved_flops_per_s"] = flops1 * r["batch"] * r["steps"] / med
         r["fraction_of_gemm_peak"] = r["achieved_flops_per_s"] / gemm["flops_per_s"]
+    peak = gpu_report.resolve_peak(args.gpu_peak_tflops, gpu_name())
+    gpu_report.attach_gpu_reports(runs, flops1, peak)
 
     cold, ratio = ({}, None) if args.no_cold_start else measure_cold_start(engine, folder, max(args.batch))
 
@@ -294,7 +317,7 @@ def main(argv=None) -> int:
                      "steady_runs": args.steady_runs},
         "machine": desc, "gemm": gemm, "runs": runs, "cold_start": cold, "import_load_speedup": ratio,
         "same_output_max_abs_diff": max(cmrt_diffs) if cmrt_diffs else float("nan"),
-        "same_output_per_system": diffs, "notes": notes,
+        "same_output_per_system": diffs, "notes": notes, "gpu_peak": peak,
     }
     write_outputs(result, out)
     if ratio:

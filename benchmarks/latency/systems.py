@@ -70,6 +70,11 @@ class System:
     def __call__(self, batch: int, steps: int, seed: int, same_noise_as_diffusers: bool = False) -> np.ndarray:
         raise NotImplementedError
 
+    def take_event_timings(self) -> list[float] | None:
+        """CUDA-event milliseconds of each replay since the last call, where the backend times itself
+        (`pop_event_timings`, see gpu_report.py); None where it does not."""
+        return None
+
 
 class DiffusersSystem(System):
     """diffusers' ConsistencyModelPipeline as users run it today (fp32 on CPU, fp16 on GPU)."""
@@ -124,8 +129,14 @@ class CmrtSystem(System):
         super().__init__(name=name or f"cmrt {b.name} {b.device}", kind="cmrt")
         self.num_classes = self.pipe.num_classes
         b.run = self.clock.wrap(b.run)
+        if self.pipe.step_graph:  # generation calls run_step: the UNet and the step's arithmetic, in one graph
+            b.run_step = self.clock.wrap(b.run_step)
         self.pipe.step_plan = self.clock.loop_starts_after(self.pipe.step_plan)
         self.pipe.postprocess_image = self.clock.loop_ends_before(self.pipe.postprocess_image)
+
+    def take_event_timings(self):
+        pop = getattr(self.pipe.backend, "pop_event_timings", None)
+        return list(pop()) if callable(pop) else None
 
     def __call__(self, batch, steps, seed, same_noise_as_diffusers=False):
         # Timed runs use the production default (numpy noise); the same-output check uses

@@ -25,7 +25,9 @@ from ..engine.paths import default_engine_dir
 logger = logging.getLogger(__name__)
 
 # Bump when the exported graph changes for the same source and options.
-EXPORT_RECIPE = 3  # 2: fp32 weights in a separate file, shared with the Winograd CPU graph; 3: its filters as inputs
+# 2: fp32 weights in a separate file, shared with the Winograd CPU graph; 3: its filters as inputs;
+# 4: a step graph beside every graph, sharing its weight file (fp16 weights in a separate file too)
+EXPORT_RECIPE = 4
 
 
 def build_key(source_record: dict[str, Any], options: BuildOptions) -> str:
@@ -129,6 +131,7 @@ def _build_onnx_folder(
     from .checkpoints import load_model, model_folder
     from .cpu_graph import add_winograd_graph
     from .onnx_export import export_onnx, unet_record, validate_onnx
+    from .step_graph import add_step_graph, add_winograd_step_graph
 
     options = options or BuildOptions()
     source = resolve_model(model, revision=revision)
@@ -140,7 +143,7 @@ def _build_onnx_folder(
         return out
 
     t0 = time.perf_counter()
-    stages = ["load"] + [f"{s} {p}" for p in options.precisions for s in ("export", "validate")] + ["manifest"]
+    stages = ["load"] + [f"{s} {p}" for p in options.precisions for s in ("export", "validate", "step graph")] + ["manifest"]
     if "fp32" in options.precisions and options.winograd != "never":
         stages.append("winograd fp32")
     with tqdm(total=len(stages), desc=f"cmrt build {source.name}", unit="stage") as bar, staging_dir(out) as stage:
@@ -151,21 +154,29 @@ def _build_onnx_folder(
         onnx_entries: dict[str, Any] = {}
         files: list[str] = []
         cpu_variant = "fp32" in options.precisions and options.winograd != "never"
+        unet_facts = unet_record(unet)
         for precision in options.precisions:
             bar.set_postfix_str(f"export {precision}")
+            # weights in their own file: the step graph (and the Winograd graph) share it
             entry = export_onnx(
                 unet, stage / f"unet.{precision}.onnx", precision, loaded.scheduler_config, opset=options.opset,
-                separate_weights=cpu_variant and precision == "fp32",
+                separate_weights=True,
             )
             bar.update()
             bar.set_postfix_str(f"validate {precision}")
             entry["validation"] = validate_onnx(unet, stage / entry["file"], precision, loaded.scheduler_config)
             bar.update()
             files += entry.pop("files")
+            bar.set_postfix_str(f"step graph {precision}")
+            entry["step"] = add_step_graph(stage, entry["file"], unet_facts, loaded.scheduler_config)
+            files.append(entry["step"]["file"])
+            bar.update()
             if cpu_variant and precision == "fp32":
                 bar.set_postfix_str("winograd fp32")
-                entry["winograd"] = add_winograd_graph(stage, entry, unet, options.winograd, loaded.scheduler_config)
-                files += [entry["winograd"]["file"]] if entry["winograd"]["used"] else []
+                wino = entry["winograd"] = add_winograd_graph(stage, entry, unet, options.winograd, loaded.scheduler_config)
+                if wino["used"]:
+                    wino["step"] = add_winograd_step_graph(stage, wino, unet_facts, loaded.scheduler_config)
+                    files += [wino["file"], wino["step"]["file"]]
                 bar.update()
             onnx_entries[precision] = entry
         manifest = {
@@ -174,7 +185,7 @@ def _build_onnx_folder(
             "build_key": key,
             "created_unix": int(time.time()),
             "source": loaded.source,
-            "unet": unet_record(unet),
+            "unet": unet_facts,
             "scheduler": loaded.scheduler_config,
             "build_options": options.to_dict(),
             "onnx": onnx_entries,

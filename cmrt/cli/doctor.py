@@ -63,6 +63,8 @@ def gather(folder: str | Path | None = None, backend: str = "auto", device: str 
                 "gpu": entry.get("gpu"),
                 "tensorrt_version": entry.get("tensorrt_version"),
                 "profile": entry.get("profile"),
+                "profiles": entry.get("profiles"),
+                "optimization_level": (entry.get("options") or {}).get("optimization_level"),
                 "max_abs_error": (entry.get("validation") or {}).get("max_abs_error"),
             },
             "engine_decision": {"action": decision.action, "reason": decision.reason, "blocked_by": blocker},

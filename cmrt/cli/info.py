@@ -31,6 +31,7 @@ def run(args) -> int:
         e = m.onnx_entry(prec)
         v = e["validation"]
         print(f"onnx {prec:<10} {e['file']}  opset {e['opset']}  max abs error vs PyTorch {v['max_abs_error']:.2e}")
+        _print_step(e.get("step"))
         w = e.get("winograd")
         if w:
             rw = w["rewrite"]
@@ -38,14 +39,24 @@ def run(args) -> int:
             state = f"{w['file']} ({rw['rewritten']} of {rw['rewritten'] + rw['kept']} convs{extra})" if w["used"] else "not used"
             err = f", max abs error vs PyTorch {w['validation']['max_abs_error']:.2e}" if "validation" in w and w["used"] else ""
             print(f"cpu winograd    {state}: {w['reason']}{err}")
+            _print_step(w.get("step"))
     t = m.tensorrt
     if t:
         v, g, pr = t["validation"], t["gpu"], t["profile"]
+        profiles = " + ".join(f"{p['min']}/{p['opt']}/{p['max']}" for p in t.get("profiles") or [pr])
+        level = t.get("options", {}).get("optimization_level")
         print(
             f"tensorrt        {t['file']}  TensorRT {t['tensorrt_version']}, {g['name']} (cc {g['compute_capability']}), "
-            f"batch {pr['min']}/{pr['opt']}/{pr['max']}, max abs error vs ONNX Runtime {v['max_abs_error']:.2e} (tol {v['tolerance']})"
+            f"batch {pr['min']}..{pr['max']} in profiles {profiles} (min/opt/max), optimization level {level}, "
+            f"max abs error vs ONNX Runtime {v['max_abs_error']:.2e} (tol {v['tolerance']})"
         )
     for name, rec in sorted(m.files.items()):
         print(f"file            {name}  {rec['bytes'] / 1e6:.1f} MB  sha256 {rec['sha256'][:16]}… (verified)")
     print("tools           " + ", ".join(f"{k} {v}" for k, v in sorted(m.tools.items())))
     return 0
+
+
+def _print_step(step) -> None:
+    """One line for a graph's step graph (cmrt/build/step_graph.py), where it has one."""
+    if step:
+        print(f"  step graph    {step['file']}  max abs error vs the numpy step {step['validation']['max_abs_error']:.2e}")

@@ -17,6 +17,8 @@ def add_common(p) -> None:
     g.add_argument("--timesteps", type=int_list, help="explicit timesteps for requests that send no num_inference_steps, e.g. 17,0")
     p.add_argument("--max-steps", type=int, help="largest num_inference_steps a request may ask for (default: the model's num_train_timesteps)")
     add_rng(p, "'torch': a seed gives what diffusers makes with generator=torch.manual_seed(seed)")
+    p.add_argument("--warmup", type=int_list, metavar="1,4",
+                   help="batch sizes to warm up when the model loads, before it is ready (default: none)")
 
 
 def settings(args):
@@ -51,7 +53,8 @@ def run(args) -> int:
         host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
         max_batch=args.max_batch, max_queue_delay_us=args.max_queue_delay_us, instances=args.instances or 1,
         settings=settings(args), backend=args.backend, device=args.device, precision=args.precision,
-        threads=args.threads, verbose=args.verbose, max_request_bytes=args.max_request_bytes, drain_timeout=args.drain_timeout,
+        threads=args.threads, warmup=None if args.warmup is None else tuple(args.warmup), verbose=args.verbose,
+        max_request_bytes=args.max_request_bytes, drain_timeout=args.drain_timeout,
     )
 
     def ready(server):

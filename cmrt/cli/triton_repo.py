@@ -30,6 +30,7 @@ def run(args) -> int:
     opts = RepoOptions(
         unet=args.unet, kind=args.kind, precision=args.precision, max_batch=args.max_batch,
         max_queue_delay_us=args.max_queue_delay_us, instances=args.instances, settings=settings(args),
+        warmup=None if args.warmup is None else tuple(args.warmup),
     )
     out = write_repository(find_engine_folder(args.model), args.out, opts, force=args.force)
     print(f"wrote Triton model repository {out}: serve it with `tritonserver --model-repository {out.resolve()}`")

@@ -1,12 +1,18 @@
 """TensorRT engines in an engine folder: the pure decisions, readable without TensorRT.
 
 The engine is built (by `cmrt.build.tensorrt`) from the folder's fp16 ONNX graph as a
-strongly typed network with one optimization profile over the batch axis, and written
-beside the ONNX under a name that says what built it (`unet.fp16.trt11.4.sm90.b1-4-16.plan`).
-Its manifest entry records the TensorRT version, the GPU, the profile, the options, the
-ONNX file's SHA-256 and the validation against ONNX Runtime fp32. A plan is only ever
-deserialized on the GPU model and TensorRT version that built it, for the ONNX it was built
-from; anything else is rebuilt, or refused with a clear message when it cannot be.
+strongly typed network at the highest builder optimization level. Its optimization
+profiles over the batch axis are decided here (`optimization_profiles`: one with opt = 1
+that serves batch 1, the latency case, and one for the rest of the folder's range tuned at
+its opt batch; `profile_shapes` gives the builder each profile's input shapes, and an
+execution context selects its profile by batch size, `profile_index_for`). The plan is
+written beside the ONNX under a name that says what built it
+(`unet.fp16.trt11.4.sm90.b1-1-1+2-4-16.lvl5.plan`). Its manifest entry records the TensorRT
+version, the GPU, the batch range and the profiles, the options, the ONNX file's SHA-256
+and the validation against ONNX Runtime fp32. A plan is only ever deserialized on the GPU
+model and TensorRT version that built it, for the ONNX it was built from, with the profiles
+and level this cmrt builds; anything else is rebuilt, or refused with a clear message when
+it cannot be.
 
 Everything here is a pure function of manifest data and machine facts, so the run time's
 backend selection and the build share one set of rules, tested on any CPU.
@@ -24,8 +30,11 @@ from .io_spec import PRECISIONS, TOLERANCE
 from .paths import cache_root
 
 ENTRY_KEY = "tensorrt"
-ENTRY_FORMAT = 1
-DEFAULT_OPTIMIZATION_LEVEL = 3
+# 2: latency profiles (`profiles`) beside the batch range (`profile`); 1: one profile over the range
+ENTRY_FORMAT = 2
+# The highest builder optimization level: the longest build, the fastest kernels; the timing
+# cache (per GPU model and TensorRT version) makes a rebuild at the same shapes cheap.
+DEFAULT_OPTIMIZATION_LEVEL = 5
 
 # --- options and profile -----------------------------------------------------------------
 @dataclass(frozen=True)
@@ -50,7 +59,7 @@ class TensorRTOptions:
                 raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
         lvl = self.optimization_level
         if isinstance(lvl, bool) or not isinstance(lvl, numbers.Integral) or not 0 <= lvl <= 5:
-            raise ValueError(f"optimization_level must be an integer 0..5 (TensorRT's default is 3), got {lvl!r}")
+            raise ValueError(f"optimization_level must be an integer 0..5 (cmrt's default is {DEFAULT_OPTIMIZATION_LEVEL}), got {lvl!r}")
         if self.tolerance is not None:
             if isinstance(self.tolerance, bool) or not isinstance(self.tolerance, numbers.Real):
                 raise ValueError(f"tolerance must be a positive number, got {self.tolerance!r}")
@@ -75,6 +84,13 @@ class Profile:
     def validation_batches(self) -> list[int]:
         return sorted({self.min, self.opt, self.max})
 
+    @property
+    def tag(self) -> str:
+        return f"{self.min}-{self.opt}-{self.max}"
+
+    def serves(self, batch: int) -> bool:
+        return self.min <= batch <= self.max
+
 
 def profile_for(build_options: dict[str, Any], options: TensorRTOptions) -> Profile:
     """The batch profile: min from the folder, opt and max from `options` (default: the folder's)."""
@@ -93,6 +109,59 @@ def profile_for(build_options: dict[str, Any], options: TensorRTOptions) -> Prof
     if not fmin <= opt <= mx:
         raise ValueError(f"the TensorRT profile needs min <= opt <= max, got {fmin} <= {opt} <= {mx}")
     return Profile(fmin, int(opt), int(mx))
+
+
+def optimization_profiles(batches: Profile) -> tuple[Profile, ...]:
+    """The engine's optimization profiles for the batch range `batches` (from `profile_for`).
+
+    TensorRT picks each profile's kernels for its opt shape, so one profile tuned at the opt
+    batch runs batch 1, the latency case, on kernels tuned for another size. Where the range
+    holds batch 1 and more, batch 1 gets its own profile (1, 1, 1) and the rest of the range
+    (2 .. max) a second one tuned at the folder's opt batch (at least 2).
+    """
+    if batches.min > 1 or batches.max == 1:
+        return (batches,)
+    return (Profile(1, 1, 1), Profile(2, max(2, batches.opt), batches.max))
+
+
+def profile_index_for(profiles: tuple[Profile, ...] | list[Profile], batch: int) -> int:
+    """The index of the profile that serves `batch` (the first whose range holds it): what an execution
+    context for that batch size selects (`set_optimization_profile_async`)."""
+    if isinstance(batch, bool) or not isinstance(batch, numbers.Integral):
+        raise TypeError(f"batch must be an integer, got {batch!r}")
+    for i, p in enumerate(profiles):
+        if p.serves(int(batch)):
+            return i
+    ranges = ", ".join(f"{p.min}..{p.max}" for p in profiles)
+    raise ValueError(f"batch {batch} is outside this engine's profiles ({ranges}); rebuild with `cmrt build ... --max-batch {batch}`")
+
+
+def validation_batches(profiles: tuple[Profile, ...] | list[Profile]) -> list[int]:
+    """The batch sizes a built engine is validated at: every profile's min, opt and max."""
+    return sorted({b for p in profiles for b in p.validation_batches})
+
+
+def profile_shapes(profiles: tuple[Profile, ...] | list[Profile], inputs: list[dict[str, Any]]) -> list[dict[str, tuple]]:
+    """What the builder sets, per profile: input name -> (min, opt, max) shapes.
+
+    `inputs` is a graph's I/O spec inputs (the manifest's: name, dtype, shape with "batch"
+    first). Inputs without a batch axis (a step graph's `step_coefs`) have one shape and are
+    not part of a profile.
+    """
+    out = []
+    for p in profiles:
+        shapes = {}
+        for t in inputs:
+            dims = list(t["shape"])
+            tail = dims[1:]
+            if any(not isinstance(d, numbers.Integral) for d in tail):
+                raise ValueError(f"input {t['name']!r} has shape {dims}: only the first axis, 'batch', may be symbolic")
+            if dims and dims[0] == "batch":
+                shapes[t["name"]] = tuple((b, *(int(d) for d in tail)) for b in (p.min, p.opt, p.max))
+            elif dims and not isinstance(dims[0], numbers.Integral):
+                raise ValueError(f"input {t['name']!r} has shape {dims}: its first axis must be 'batch' or a number")
+        out.append(shapes)
+    return out
 
 
 def short_version(version: str) -> str:
@@ -116,9 +185,15 @@ def cc_string(compute_capability: tuple[int, int] | list[int] | str) -> str:
     return f"{int(compute_capability[0])}.{int(compute_capability[1])}"
 
 
-def engine_file_name(precision: str, tensorrt_version: str, compute_capability, batches: Profile) -> str:
-    """`unet.fp16.trt11.4.sm90.b1-4-16.plan`: what built it, readable in `ls`."""
-    return f"unet.{precision}.trt{short_version(tensorrt_version)}.{sm_tag(compute_capability)}.b{batches.min}-{batches.opt}-{batches.max}.plan"
+def engine_file_name(
+    precision: str, tensorrt_version: str, compute_capability, batches: Profile, optimization_level: int | None = None
+) -> str:
+    """`unet.fp16.trt11.4.sm90.b1-1-1+2-4-16.lvl5.plan`: what built it, readable in `ls`: the
+    TensorRT version, the GPU architecture, each optimization profile (min-opt-max) of the batch
+    range `batches`, and the builder optimization level where given."""
+    profiles = "+".join(p.tag for p in optimization_profiles(batches))
+    level = "" if optimization_level is None else f".lvl{int(optimization_level)}"
+    return f"unet.{precision}.trt{short_version(tensorrt_version)}.{sm_tag(compute_capability)}.b{profiles}{level}.plan"
 
 
 # --- machine facts and decisions ---------------------------------------------------------
@@ -165,9 +240,14 @@ def wanted_settings(batches: Profile, options: TensorRTOptions) -> dict[str, Any
     return {
         "precision": options.precision,
         "profile": batches.to_dict(),
+        "profiles": [p.to_dict() for p in optimization_profiles(batches)],
         "optimization_level": int(options.optimization_level),
         "tolerance": options.effective_tolerance,
     }
+
+
+def _describe_profiles(profiles: list[dict[str, int]]) -> str:
+    return " and ".join(f"b{p['min']}-{p['opt']}-{p['max']}" for p in profiles)
 
 
 def engine_decision(
@@ -193,8 +273,23 @@ def engine_decision(
         fmt = int(entry.get("format", 0))
     except (KeyError, TypeError, ValueError) as e:
         return EngineDecision("rebuild", f"the folder's TensorRT entry is incomplete ({e!r})")
+    if fmt == 1:  # before latency profiles: one profile over the batch range
+        now = "" if wanted is None else (
+            f"; this cmrt builds profiles {_describe_profiles(wanted['profiles'])} at optimization level "
+            f"{wanted['optimization_level']}"
+        )
+        return EngineDecision(
+            "rebuild",
+            f"the engine was built before latency profiles (one profile {_describe_profiles([settings['profile']])} at "
+            f"optimization level {settings['optimization_level']}, so batch 1 runs kernels tuned for batch "
+            f"{settings['profile']['opt']}){now}",
+        )
     if fmt != ENTRY_FORMAT:
         return EngineDecision("rebuild", f"the TensorRT entry has format {fmt}, this cmrt writes {ENTRY_FORMAT}")
+    try:
+        settings["profiles"] = [dict(p) for p in entry["profiles"]]
+    except (KeyError, TypeError, ValueError) as e:
+        return EngineDecision("rebuild", f"the folder's TensorRT entry is incomplete ({e!r})")
     here_cc = cc_string(platform.compute_capability)
     if built_cc != here_cc:
         return EngineDecision(
@@ -245,7 +340,8 @@ def engine_entry(
         "tensorrt_version": platform.tensorrt_version,
         "gpu": {"name": platform.gpu_name, "compute_capability": cc_string(platform.compute_capability)},
         "cuda": {k: v for k, v in platform.extra.items() if v is not None},
-        "profile": batches.to_dict(),
+        "profile": batches.to_dict(),  # the batch range the engine serves
+        "profiles": [p.to_dict() for p in optimization_profiles(batches)],  # its optimization profiles, in order
         "options": {
             "optimization_level": int(options.optimization_level),
             "strongly_typed": True,

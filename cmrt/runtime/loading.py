@@ -9,16 +9,18 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Sequence
 
 from ..engine.errors import BackendUnavailableError
 from ..engine.io_spec import PRECISIONS
 from ..engine.manifest import MANIFEST_NAME, Manifest, read_manifest
 from ..engine.models import is_diffusers_folder, resolve_model
 from ..engine.paths import default_engine_dir
+from ..engine.step_graph import step_graph as step_graph_file
 from ..engine.tensorrt import TensorRTOptions
 from .backends.probe import Environment, probe_environment
 from .backends.selection import BACKENDS, DEVICES, Selection, select_backend
-from .pipeline import Pipeline
+from .pipeline import Pipeline, check_warmup
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,27 @@ def choose_precision(manifest: Manifest, device: str, precision: str | None) -> 
     return "fp32" if "fp32" in manifest.precisions else manifest.precisions[0]
 
 
+# Whether generation runs through the folder's step graph when `step_graph=None`, per (backend,
+# device) that can run one. ONNX Runtime on the CPU: the numpy loop; the step graph measured
+# neither faster nor slower there (`python -m benchmarks.host_overhead ENGINE --step-graph-only`,
+# docs/benchmarks.md), the host being the CPU either way.
+STEP_GRAPH_DEFAULTS = {("onnxruntime", "cpu"): False}
+
+
+def use_step_graph(backend: str, device: str, step_graph: bool | None) -> bool:
+    """Resolve `step_graph` for the backend that runs; ValueError where it cannot run a step graph."""
+    if step_graph not in (None, True, False):
+        raise TypeError(f"step_graph must be None, True or False, got {step_graph!r}")
+    key = (backend, device)
+    if key not in STEP_GRAPH_DEFAULTS:
+        if step_graph:
+            able = ", ".join(f"{b} on {d}" for b, d in STEP_GRAPH_DEFAULTS)
+            raise ValueError(f"step_graph=True: {backend} on {device} runs each step's arithmetic in numpy; "
+                             f"the step graph runs on {able} (or load with step_graph=None)")
+        return False
+    return STEP_GRAPH_DEFAULTS[key] if step_graph is None else step_graph
+
+
 def load(
     model_or_engine_dir: str | os.PathLike,
     backend: str = "auto",
@@ -74,6 +97,8 @@ def load(
     verify: bool = True,
     use_cuda_graph: bool = True,
     winograd: bool | None = None,
+    step_graph: bool | None = None,
+    warmup: Sequence[int] | None = None,
 ) -> Pipeline:
     """Open an engine folder (checksums verified) and return a ready Pipeline.
 
@@ -83,7 +108,11 @@ def load(
     "fp32" or, opt-in and approximate, "bf16"). `cmrt doctor` shows what "auto" picks on this
     machine and why. `use_cuda_graph` applies to the GPU backends. `winograd` applies to ONNX
     Runtime on the CPU: None runs the Winograd graph where the build measured it faster,
-    False the plain graph, True the Winograd graph or an error.
+    False the plain graph, True the Winograd graph or an error. `step_graph`: True runs
+    generation through the folder's step graph (each step's arithmetic inside the graph; on
+    ONNX Runtime on the CPU, the step graph of the graph `winograd` picks), False the numpy
+    loop, None the backend's default (`STEP_GRAPH_DEFAULTS`). `warmup`: batch sizes to warm
+    up before returning, e.g. [1, 4] (`Pipeline.warmup`), so that no request pays for it.
 
     `model_or_engine_dir` is an engine folder written by `cmrt build`, or a model name / hub
     id / diffusers folder, whose default engine folder (`$CMRT_ENGINE_DIR`, default
@@ -97,8 +126,13 @@ def load(
         raise TypeError(f"model_or_engine_dir must be a path or model name, got {type(model_or_engine_dir).__name__}")
     folder = find_engine_folder(model_or_engine_dir)
     manifest = read_manifest(folder, verify=verify)
-    manifest, engine = open_backend(manifest, backend, device, precision, threads, use_cuda_graph, winograd)
-    return Pipeline(manifest, engine)
+    if warmup is not None:  # checked before the (slow) backend is opened
+        warmup = check_warmup(warmup, manifest.min_batch, manifest.max_batch)
+    manifest, engine = open_backend(manifest, backend, device, precision, threads, use_cuda_graph, winograd, step_graph)
+    pipe = Pipeline(manifest, engine)
+    if warmup is not None:
+        pipe.warmup(warmup)
+    return pipe
 
 
 def open_backend(
@@ -109,6 +143,7 @@ def open_backend(
     threads: int | None = None,
     use_cuda_graph: bool = True,
     winograd: bool | None = None,
+    step_graph: bool | None = None,
 ):
     """Select (see `backends.selection`) and construct the backend; returns (manifest, backend).
 
@@ -123,6 +158,8 @@ def open_backend(
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     if backend != "openvino" and precision is not None and precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if step_graph not in (None, True, False):
+        raise TypeError(f"step_graph must be None, True or False, got {step_graph!r}")
     trt_options = TensorRTOptions(precision=precision) if backend != "openvino" and precision else None
     # device='cpu' never needs the (slower) machine probe, except to find OpenVINO
     env = probe_environment() if device != "cpu" or backend == "openvino" else Environment()
@@ -130,6 +167,7 @@ def open_backend(
     if sel.fallback:
         logger.warning("%s; using ONNX Runtime on %s", sel.fallback, sel.device.upper() if sel.device == "cpu" else "CUDA")
     logger.info("backend %s on %s: %s", sel.backend, sel.device, sel.reason)
+    use_step_graph(sel.backend, sel.device, step_graph)  # a clear error before anything is opened
     if sel.backend == "openvino":
         return manifest, _open_openvino(manifest, precision, threads)
     if sel.backend == "tensorrt":
@@ -149,7 +187,11 @@ def open_backend(
             logger.warning("the ONNX Runtime CUDA EP could not be used (%s); falling back to ONNX Runtime on the CPU", _first_line(e))
     from .backends.onnxruntime_backend import OnnxRuntimeBackend
 
-    path, wino = manifest.cpu_graph(choose_precision(manifest, "cpu", precision), winograd)
+    prec = choose_precision(manifest, "cpu", precision)
+    if use_step_graph("onnxruntime", "cpu", step_graph):
+        path, _, wino = step_graph_file(manifest, prec, winograd)
+    else:
+        path, wino = manifest.cpu_graph(prec, winograd)
     extra = None
     if wino and wino.get("filters"):
         from ..engine.winograd import filters_from_weight_file

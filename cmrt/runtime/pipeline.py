@@ -31,6 +31,23 @@ def _check_int(name: str, value: Any) -> int:
     return int(value)
 
 
+def check_warmup(batch_sizes: Any, min_batch: int, max_batch: int) -> list[int]:
+    """`warmup` as distinct batch sizes within the engine's range min_batch..max_batch, in the given order."""
+    if isinstance(batch_sizes, (str, bytes, numbers.Number)) or not hasattr(batch_sizes, "__iter__"):
+        raise TypeError(f"warmup must be a list of batch sizes such as [1, 4], got {batch_sizes!r}")
+    sizes: list[int] = []
+    for b in batch_sizes:
+        b = _check_int("each warmup batch size", b)
+        if not min_batch <= b <= max_batch:
+            raise ValueError(
+                f"warmup batch size {b} is outside this engine's range {min_batch}..{max_batch}; "
+                f"warm up sizes the engine serves, or rebuild with `cmrt build ... --max-batch {b}`"
+            )
+        if b not in sizes:
+            sizes.append(b)
+    return sizes
+
+
 class Pipeline(EditingMixin):
     """Generation on one engine folder through one backend. Create with `cmrt.load`."""
 
@@ -50,6 +67,11 @@ class Pipeline(EditingMixin):
         )
 
     # --- facts --------------------------------------------------------------------------
+    @property
+    def step_graph(self) -> bool:
+        """Whether generation runs through the backend's step graph (`run_steps`) instead of the numpy loop."""
+        return bool(getattr(self.backend, "step_graph", False))
+
     @property
     def sample_size(self) -> int:
         return self.manifest.sample_size
@@ -75,6 +97,24 @@ class Pipeline(EditingMixin):
                 f"split the request or rebuild with `cmrt build ... --max-batch {b}`"
             )
         return b
+
+    def warmup(self, batch_sizes: Sequence[int]) -> list[int]:
+        """Pay now what the first request at each of `batch_sizes` would pay (ONNX Runtime's first-run
+        allocations; contexts and graph capture on GPUs): the backend's `warmup(batch_sizes)` where it
+        has one, else one UNet call with zeros per batch size. Returns the sizes warmed up."""
+        sizes = check_warmup(batch_sizes, self.min_batch, self.max_batch)
+        if not sizes:
+            return sizes
+        hook = getattr(self.backend, "warmup", None)
+        if callable(hook):
+            hook(sizes)
+        else:
+            for b in sizes:
+                zeros = np.zeros((b, *self.sample_shape), dtype=np.float32)
+                labels = np.zeros(b, dtype=np.int64) if self.num_classes is not None else None
+                self.backend.run(zeros, np.zeros(b, dtype=np.float32), labels)
+        logger.info("warmed up batch sizes %s on %s/%s", sizes, self.backend.name, self.backend.device)
+        return sizes
 
     def schedule(self, num_inference_steps: int | None, timesteps: Sequence[int] | None) -> cm.Schedule:
         if timesteps is None and num_inference_steps is None:
@@ -108,7 +148,7 @@ class Pipeline(EditingMixin):
         entry = self._step_arrays.get(key)  # the entry holds its plan, so that id cannot be reused
         if entry is not None and entry[0] is plan:
             return entry[1]
-        arrays = cm.step_arrays(plan, batch_size)
+        arrays = cm.step_arrays(plan, batch_size, clip=self.scheduler_config.clip_denoised)
         if len(self._step_arrays) < 1024:
             self._step_arrays[key] = (plan, arrays)
         return arrays
@@ -252,8 +292,13 @@ class Pipeline(EditingMixin):
             def on_step(i: int, x: np.ndarray) -> None:
                 if i % callback_steps == 0:
                     callback(i, float(schedule.timesteps[i]), x.copy())  # a copy: the loop reuses its buffers
-        sample = multistep(self.backend.run, sample, labels, plan, arrays, terms, clip,
-                           clip and (last > 0 or callback is not None), on_step)
+        if self.step_graph:
+            # every step in the backend's step graph; its last step clips even where the numpy loop
+            # skips it (one step, no callback): postprocessing makes the same bits of either
+            sample = self.backend.run_steps(sample, arrays.timesteps, labels, arrays.coefs, terms, on_step)
+        else:
+            sample = multistep(self.backend.run, sample, labels, plan, arrays, terms, clip,
+                               clip and (last > 0 or callback is not None), on_step)
 
         source.finish()
 

@@ -5,6 +5,9 @@ scheduler module's.
 - `multistep`: diffusers' `ConsistencyModelPipeline` loop (the paper's Algorithm 1), what
   `Pipeline.__call__` runs; its per-step work is split around the UNet call so that little
   host work follows it (see scheduler.before_unet / after_unet).
+- `through_step_graph`: the same loop where a backend runs each whole step in one graph (the
+  step graph, cmrt/build/step_graph.py: the same float32 operations in the same order), what
+  a backend's `run_steps` runs when it has no faster way to run every step.
 - `consistency_fn` and `run_editing`: one evaluation of the consistency function, and the
   zero-shot editing loop (the paper's Algorithm 4), what the editing methods run.
 """
@@ -48,6 +51,29 @@ def multistep(
         if on_step is not None:
             on_step(i, sample)
     return sample
+
+
+def through_step_graph(
+    step: Callable[..., np.ndarray],
+    sample: np.ndarray,
+    timesteps: Sequence[np.ndarray],
+    labels: np.ndarray | None,
+    coefs: np.ndarray,
+    renoise: np.ndarray | None,
+    on_step: Callable[[int, np.ndarray], None] | None = None,
+) -> np.ndarray:
+    """`multistep` through a step graph: x = step(x, timesteps[i], labels, coefs[i], renoise[i]) per step.
+
+    `step` runs one whole consistency step (x_next = clip(c_skip x + c_out F) + noise term);
+    `coefs[i]` are step i's constants (`StepArrays.coefs`), `renoise` the scaled noise terms
+    [steps, B, C, H, W], None for one step (no term: the backend adds nothing).
+    """
+    x = sample
+    for i in range(len(timesteps)):
+        x = step(x, timesteps[i], labels, coefs[i], None if renoise is None else renoise[i])
+        if on_step is not None:
+            on_step(i, x)
+    return x
 
 
 def consistency_fn(

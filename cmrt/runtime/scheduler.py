@@ -15,6 +15,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..engine.io_spec import STEP_COEF_ORDER
+
 logger = logging.getLogger(__name__)
 
 
@@ -230,18 +232,24 @@ def scale_noise(z: np.ndarray, coef: np.float32 | np.ndarray, cfg: SchedulerConf
 class StepArrays:
     """The arrays one plan needs at one batch size, built once and reused by every call
     (read-only, so concurrent calls can share them): the UNet's timestep input per step,
-    and the noise coefficients shaped to scale all steps' renoising terms in one operation."""
+    the noise coefficients shaped to scale all steps' renoising terms in one operation, and
+    each step's constants as a step graph takes them (`io_spec.STEP_COEF_ORDER`)."""
 
     timesteps: tuple[np.ndarray, ...]  # float32 [B] per step
     noise_coefs: np.ndarray  # float32 [steps, 1, 1, 1, 1]
+    coefs: np.ndarray  # float32 [steps, len(STEP_COEF_ORDER)]
 
 
-def step_arrays(plan: Sequence[StepConstants], batch_size: int) -> StepArrays:
+def step_arrays(plan: Sequence[StepConstants], batch_size: int, clip: bool = True) -> StepArrays:
+    """`clip`: the config's clip_denoised, the step graph's bounds (-1, 1); else (-inf, inf), which clip nothing."""
     ts = tuple(np.full((batch_size,), k.t, dtype=np.float32) for k in plan)
-    coefs = np.array([k.noise_coef for k in plan], dtype=np.float32).reshape(-1, 1, 1, 1, 1)
-    for a in (*ts, coefs):
+    noise = np.array([k.noise_coef for k in plan], dtype=np.float32).reshape(-1, 1, 1, 1, 1)
+    lo, hi = (_MINUS_ONE, _ONE) if clip else (np.float32(-np.inf), np.float32(np.inf))
+    rows = [{"divisor": k.divisor, "c_skip": k.c_skip, "c_out": k.c_out, "clip_min": lo, "clip_max": hi} for k in plan]
+    coefs = np.array([[r[n] for n in STEP_COEF_ORDER] for r in rows], dtype=np.float32).reshape(len(plan), len(STEP_COEF_ORDER))
+    for a in (*ts, noise, coefs):
         a.setflags(write=False)
-    return StepArrays(timesteps=ts, noise_coefs=coefs)
+    return StepArrays(timesteps=ts, noise_coefs=noise, coefs=coefs)
 
 
 def after_unet(model_output: np.ndarray, skip: np.ndarray, k: StepConstants, out: np.ndarray,

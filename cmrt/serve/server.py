@@ -125,6 +125,7 @@ class ServeOptions:
     device: str = "auto"
     precision: str | None = None
     threads: int | None = None
+    warmup: tuple[int, ...] | None = None  # batch sizes warmed up before the model is ready (cmrt.load's `warmup`)
     startup_timeout: float = 120.0
     max_request_bytes: int | None = None
     drain_timeout: float = 300.0
@@ -272,6 +273,7 @@ class TritonServer:
                     backend=o.backend,
                     device=o.device,
                     threads=o.threads,
+                    warmup=o.warmup,
                 )
                 if self.repository is not None:
                     repo = self.repository

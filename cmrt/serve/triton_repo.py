@@ -57,6 +57,9 @@ class RepoOptions:
     backend: str = "auto"
     device: str = "auto"
     threads: int | None = None
+    # batch sizes warmed up when the model loads, before it is ready (in process: cmrt.load's
+    # `warmup`; with a Triton UNet: Triton's model_warmup of `cmrt_unet`)
+    warmup: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if self.unet not in UNETS:
@@ -69,6 +72,12 @@ class RepoOptions:
             raise ValueError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
         if self.instances is not None and self.instances < 1:
             raise ValueError(f"instances must be >= 1, got {self.instances}")
+        if self.warmup is not None:
+            if isinstance(self.warmup, (str, bytes)) or not all(
+                isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in self.warmup
+            ):
+                raise ValueError(f"warmup must be batch sizes >= 1 such as (1, 4), got {self.warmup!r}")
+            self.warmup = tuple(dict.fromkeys(self.warmup))
 
 
 def _q(s: str) -> str:
@@ -114,14 +123,35 @@ output [
 """
 
 
+def _wire_dims(t) -> list[int]:
+    """A [B, ...] tensor's per-sample dims as Triton sees them: [1] for a [B] tensor (reshaped to [] for the model)."""
+    return [int(d) for d in t["shape"][1:]] or [1]
+
+
+def model_warmup(io: dict, batch_sizes) -> str:
+    """Triton's `model_warmup` for `cmrt_unet`: one zero-filled request per batch size, run when the
+    model loads, before it is ready (what the first request would otherwise pay)."""
+    if not batch_sizes:
+        return ""
+    samples = []
+    for b in batch_sizes:
+        inputs = " ".join(
+            f'inputs {{ key: "{t["name"]}" value: {{ data_type: {TRITON_DTYPES[t["dtype"]]} '
+            f'dims: [ {", ".join(str(d) for d in _wire_dims(t))} ] zero_data: true }} }}'
+            for t in io["inputs"]
+        )
+        samples.append(f'  {{ name: "batch {b}" batch_size: {b} {inputs} }}')
+    return "model_warmup [\n" + ",\n".join(samples) + "\n]\n"
+
+
 def unet_config(manifest, precision: str, opts: RepoOptions, max_batch: int) -> str:
     """config.pbtxt of `cmrt_unet` on Triton's ONNX Runtime backend: the ONNX's [B, ...] I/O with B as Triton's batch."""
     io = manifest.io_spec(precision)
 
     def tensor(t):
-        dims = [d for d in t["shape"][1:]]
+        dims = _wire_dims(t)
         dtype = TRITON_DTYPES[t["dtype"]]
-        if not dims:  # a [B] tensor: [1] per sample on the wire, [] for the model
+        if not t["shape"][1:]:  # a [B] tensor: [1] per sample on the wire, [] for the model
             return f'{{ name: "{t["name"]}" data_type: {dtype} dims: [ 1 ] reshape: {{ shape: [ ] }} }}'
         return f'{{ name: "{t["name"]}" data_type: {dtype} dims: [ {", ".join(str(d) for d in dims)} ] }}'
 
@@ -141,7 +171,7 @@ output [
 dynamic_batching {{ max_queue_delay_microseconds: 0 }}
 # KIND_GPU without a `gpus` list: this many instances on every GPU Triton sees
 instance_group [ {{ count: 1 kind: {kind} }} ]
-"""
+{model_warmup(io, opts.warmup)}"""
 
 
 def _copy_runtime(dst: Path) -> None:
@@ -180,6 +210,11 @@ def write_repository(
             f"max_batch {max_batch} is outside 1..{manifest.max_batch} (the engine folder's batch range); "
             f"rebuild with `cmrt build ... --max-batch {max_batch}` for more"
         )
+    bad = [b for b in opts.warmup or () if not manifest.min_batch <= b <= max_batch]
+    if bad:
+        raise ValueError(
+            f"warmup batch sizes {bad} are outside {manifest.min_batch}..{max_batch} (the batch sizes this repository serves)"
+        )
     if out.exists():
         if not force:
             raise FileExistsError(f"{out} exists; pass --force to replace it")
@@ -211,6 +246,8 @@ def write_repository(
             params.update(backend=opts.backend, device=opts.device)
             if opts.threads:
                 params["threads"] = str(opts.threads)
+            if opts.warmup:
+                params["warmup"] = ",".join(str(b) for b in opts.warmup)
             if link_engine:
                 params["engine_dir"] = str(engine_dir)
             else:

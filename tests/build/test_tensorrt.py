@@ -61,7 +61,7 @@ def test_engine_is_added_to_the_folder_then_reused(folder, monkeypatch, tmp_path
     opts = TensorRTOptions(precision="fp32", timing_cache=str(tmp_path / "tc.cache"))
     r = tb.ensure_tensorrt_engine(folder, opts)
     assert r.built and fake.builds == 1 and r.decision.action == "build"
-    assert r.plan.name == "unet.fp32.trt11.4.sm90.b1-4-8.plan" and r.plan.is_file()
+    assert r.plan.name == "unet.fp32.trt11.4.sm90.b1-1-1+2-4-8.plan" and r.plan.is_file()
     assert fake.last["shapes"] == {"sample": (3, 16, 16), "timestep": (), "class_labels": ()}
     assert fake.last["timing_cache"] == tmp_path / "tc.cache"
     m = read_manifest(folder, verify=True)  # the plan is checksummed like every other file
@@ -70,7 +70,7 @@ def test_engine_is_added_to_the_folder_then_reused(folder, monkeypatch, tmp_path
     assert e["tensorrt_version"] == "11.4.0.9" and e["profile"] == {"min": 1, "opt": 4, "max": 8}
     assert e["onnx_sha256"] == tb.onnx_digest(before, "fp32") and e["onnx_file"] == "unet.fp32.onnx"
     assert e["onnx_sha256"].startswith(before["files"]["unet.fp32.onnx"]["sha256"] + "+")  # graph + its weight file
-    assert e["validation"]["tolerance"] == 1e-3 and e["options"]["optimization_level"] == 3
+    assert e["validation"]["tolerance"] == 1e-3 and e["options"]["optimization_level"] == 5
     assert set(m.data["files"]) == set(before["files"]) | {r.plan.name}
     assert m.data["build_key"] == before["build_key"]  # the ONNX folder's identity is unchanged
     assert not [p for p in folder.iterdir() if p.name.endswith(".validating")]
@@ -204,7 +204,7 @@ def test_simulated_build_load_and_cuda_graphs(simulated_gpu, small_models, tmp_p
     model = small_models["cond"][0]
     cache = tmp_path / "timing.cache"
     assert _build_simulated(model, tmp_path / "e", cache) == 0
-    assert "tensorrt engine: unet.fp32.trt11.4.sm90.b1-4-8.plan" in capsys.readouterr().out
+    assert "tensorrt engine: unet.fp32.trt11.4.sm90.b1-1-1+2-4-8.plan" in capsys.readouterr().out
     assert cache.read_bytes().startswith(CACHE_MAGIC) and b"NVIDIA Simulated GPU" in cache.read_bytes()
     data = read_manifest(tmp_path / "e", verify=True).data
     e = data["tensorrt"]
@@ -214,11 +214,11 @@ def test_simulated_build_load_and_cuda_graphs(simulated_gpu, small_models, tmp_p
     header = plan_header(tmp_path / "e" / e["file"])
     sanitized = e["options"]["onnx_sanitized"]
     assert header["nodes"] == sanitized["nodes_after"] < sanitized["nodes_before"]  # built from the folded graph
-    assert header["tf32"] is False and header["optimization_level"] == 3  # fp32 means no TF32
+    assert header["tf32"] is False and header["optimization_level"] == 5  # fp32 means no TF32
     assert header["profiles"] == [{n: [[b, *rest] for b in (1, 4, 8)] for n, rest in
                                    (("sample", [3, 16, 16]), ("timestep", []), ("class_labels", []))}]
     assert main(["info", str(tmp_path / "e")]) == 0
-    assert "tensorrt        unet.fp32.trt11.4.sm90.b1-4-8.plan  TensorRT 11.4.0.9, NVIDIA Simulated GPU" in capsys.readouterr().out
+    assert "tensorrt        unet.fp32.trt11.4.sm90.b1-1-1+2-4-8.plan  TensorRT 11.4.0.9, NVIDIA Simulated GPU" in capsys.readouterr().out
     assert not sim.violations, sim.violations
 
     ref = cmrt.load(tmp_path / "e", device="cpu")

@@ -211,13 +211,36 @@ def test_winograd_and_plain_graphs_give_the_same_images(wide_model):
     assert np.abs(a - b).max() <= 1e-4  # the fp32 bar on images in [0, 1]
 
 
+def test_the_winograd_graph_has_its_own_step_graph(wide_model):
+    """step_graph=True on a Winograd folder runs the Winograd graph's step graph: the Winograd
+    numpy path's images, bit for bit; winograd=False picks the plain graph's step graph."""
+    import cmrt
+    from cmrt.engine.manifest import read_manifest
+    from cmrt.engine.step_graph import step_graph
+
+    engine = build(wide_model, "always")
+    m = read_manifest(engine)
+    rec = m.winograd["step"]
+    assert rec["file"] == "unet.fp32.winograd.step.onnx" and rec["from"] == m.winograd["file"] and rec["file"] in m.files
+    assert rec["validation"]["max_abs_error"] <= rec["validation"]["tolerance"]
+    assert (m.folder / rec["file"]).stat().st_size < 1_000_000  # graph only, like the Winograd graph
+    assert step_graph(m, "fp32", None)[0] == m.folder / rec["file"]
+    assert step_graph(m, "fp32")[0] == m.folder / m.onnx_entry("fp32")["step"]["file"]
+    kw = dict(batch_size=2, class_labels=[0, 9], num_inference_steps=2, seed=12, output_type="np")
+    for winograd in (None, False):
+        numpy_path = cmrt.load(engine, device="cpu", winograd=winograd)
+        graph_path = cmrt.load(engine, device="cpu", winograd=winograd, step_graph=True)
+        assert graph_path.step_graph and bool(graph_path.backend.extra_inputs) == (winograd is None)
+        np.testing.assert_array_equal(graph_path(**kw).images, numpy_path(**kw).images)
+
+
 def test_never_builds_no_winograd_graph_and_asking_for_one_says_how_to_get_it(wide_model):
     import cmrt
     from cmrt.engine.manifest import EngineFolderError, read_manifest
 
     engine = build(wide_model, "never")
     m = read_manifest(engine)
-    assert m.winograd is None and m.data["onnx"]["fp32"]["external_data"] is None
+    assert m.winograd is None and not [f for f in m.files if "winograd" in f]
     with pytest.raises(EngineFolderError, match="--winograd always"):
         cmrt.load(engine, backend="onnxruntime", device="cpu", winograd=True)
     with pytest.raises(TypeError, match="winograd"):

@@ -82,8 +82,10 @@ def test_tolerance_defaults_and_file_names():
     assert TensorRTOptions().effective_tolerance == 5e-2
     assert TensorRTOptions(precision="fp32").effective_tolerance == 1e-3
     assert TensorRTOptions(tolerance=0.1).effective_tolerance == 0.1
-    assert engine_file_name("fp16", "11.4.0.9", (9, 0), Profile(1, 4, 16)) == "unet.fp16.trt11.4.sm90.b1-4-16.plan"
-    assert engine_file_name("fp32", "11.4", (12, 0), Profile(2, 2, 8)) == "unet.fp32.trt11.4.sm120.b2-2-8.plan"
+    assert engine_file_name("fp16", "11.4.0.9", (9, 0), Profile(1, 4, 16)) == "unet.fp16.trt11.4.sm90.b1-1-1+2-4-16.plan"
+    assert engine_file_name("fp16", "11.4.0.9", (9, 0), Profile(1, 4, 16), 5) == "unet.fp16.trt11.4.sm90.b1-1-1+2-4-16.lvl5.plan"
+    assert engine_file_name("fp32", "11.4", (12, 0), Profile(2, 2, 8), 3) == "unet.fp32.trt11.4.sm120.b2-2-8.lvl3.plan"
+    assert engine_file_name("fp32", "11.4", (12, 0), Profile(1, 1, 1)) == "unet.fp32.trt11.4.sm120.b1-1-1.plan"
     assert te.sm_tag("8.6") == "sm86" and te.short_version("11") == "11"
 
 
@@ -93,6 +95,67 @@ def test_timing_cache_is_per_gpu_and_tensorrt(monkeypatch, tmp_path):
     assert p.parent == tmp_path / "tensorrt"
     assert p.name == "timing-nvidia-h100-80gb-hbm3-sm90-trt11.4.0.9.cache"
     assert te.default_timing_cache(A100) != p and te.default_timing_cache(H100_TRT113) != p
+
+
+def test_latency_profiles_give_batch_1_its_own():
+    assert te.DEFAULT_OPTIMIZATION_LEVEL == 5 and TensorRTOptions().optimization_level == 5
+    assert te.optimization_profiles(Profile(1, 4, 16)) == (Profile(1, 1, 1), Profile(2, 4, 16))
+    assert te.optimization_profiles(Profile(1, 1, 16)) == (Profile(1, 1, 1), Profile(2, 2, 16))  # opt 1 is the first's
+    assert te.optimization_profiles(Profile(1, 2, 2)) == (Profile(1, 1, 1), Profile(2, 2, 2))
+    assert te.optimization_profiles(Profile(1, 1, 1)) == (Profile(1, 1, 1),)
+    assert te.optimization_profiles(Profile(2, 4, 8)) == (Profile(2, 4, 8),)  # no batch 1 to serve
+    profiles = te.optimization_profiles(Profile(1, 4, 16))
+    assert [te.profile_index_for(profiles, b) for b in (1, 2, 4, 16)] == [0, 1, 1, 1]
+    assert te.validation_batches(profiles) == [1, 2, 4, 16]
+    with pytest.raises(ValueError, match=r"batch 17 is outside this engine's profiles \(1..1, 2..16\)"):
+        te.profile_index_for(profiles, 17)
+    with pytest.raises(TypeError, match="batch must be an integer"):
+        te.profile_index_for(profiles, 1.0)
+
+
+def test_profile_shapes_are_what_the_builder_sets():
+    from cmrt.engine.io_spec import io_spec, step_io_spec
+
+    unet = {"sample_size": 16, "in_channels": 3, "out_channels": 3, "num_class_embeds": 10}
+    profiles = te.optimization_profiles(Profile(1, 4, 16))
+    shapes = te.profile_shapes(profiles, io_spec(unet)["inputs"])
+    assert shapes == [
+        {"sample": ((1, 3, 16, 16),) * 3, "timestep": ((1,),) * 3, "class_labels": ((1,),) * 3},
+        {"sample": ((2, 3, 16, 16), (4, 3, 16, 16), (16, 3, 16, 16)), "timestep": ((2,), (4,), (16,)),
+         "class_labels": ((2,), (4,), (16,))},
+    ]
+    step = te.profile_shapes(profiles, step_io_spec(unet)["inputs"])  # the step constants have one shape: not profiled
+    assert set(step[1]) == {"x", "timestep", "class_labels", "noise_term"} and step[1]["noise_term"][2] == (16, 3, 16, 16)
+    with pytest.raises(ValueError, match="only the first axis"):
+        te.profile_shapes(profiles, [{"name": "a", "shape": ["batch", "h"]}])
+    with pytest.raises(ValueError, match="first axis must be 'batch'"):
+        te.profile_shapes(profiles, [{"name": "a", "shape": ["n", 3]}])
+
+
+def test_the_entry_records_the_profiles_and_the_level():
+    e = _entry(batches=Profile(1, 4, 8))
+    assert e["format"] == te.ENTRY_FORMAT == 2
+    assert e["profile"] == {"min": 1, "opt": 4, "max": 8}
+    assert e["profiles"] == [{"min": 1, "opt": 1, "max": 1}, {"min": 2, "opt": 4, "max": 8}]
+    assert e["options"]["optimization_level"] == 5
+    wanted = wanted_settings(Profile(1, 4, 8), TensorRTOptions())
+    assert wanted["profiles"] == e["profiles"] and engine_decision(e, H100, "sha-a", wanted).action == "reuse"
+
+
+def test_an_engine_built_before_latency_profiles_is_rebuilt_with_the_reason():
+    from tests.fakes.environments import format1_entry
+
+    old = format1_entry(_entry(), "unet.fp16.trt11.4.sm90.b1-4-16.plan")
+    assert old["format"] == 1 and "profiles" not in old and old["options"]["optimization_level"] == 3
+    d = engine_decision(old, H100, "sha-a", wanted_settings(Profile(1, 4, 16), TensorRTOptions()))
+    assert d.action == "rebuild"
+    assert d.reason == ("the engine was built before latency profiles (one profile b1-4-16 at optimization level 3, so "
+                        "batch 1 runs kernels tuned for batch 4); this cmrt builds profiles b1-1-1 and b2-4-16 at "
+                        "optimization level 5")
+    assert "built before latency profiles" in engine_decision(old, H100, "sha-a").reason
+    broken = _entry()
+    del broken["profiles"]
+    assert "incomplete" in engine_decision(broken, H100, "sha-a").reason
 
 
 # --- rebuild decisions ----------------------------------------------------------------------
@@ -133,7 +196,7 @@ def test_changed_settings_are_rebuilt():
     entry = _entry()
     for opts, batches, what in [
         (TensorRTOptions(), Profile(1, 4, 8), "profile"),
-        (TensorRTOptions(optimization_level=5), Profile(1, 4, 16), "optimization_level"),
+        (TensorRTOptions(optimization_level=3), Profile(1, 4, 16), "optimization_level"),
         (TensorRTOptions(tolerance=0.01), Profile(1, 4, 16), "tolerance"),
         (TensorRTOptions(precision="fp32"), Profile(1, 4, 16), "precision"),
     ]:
@@ -188,3 +251,52 @@ def test_validation_inputs_and_comparison():
         tb.compare_outputs(ref[:1], ref)
 
 
+# --- a folder built before latency profiles, through cmrt.load ----------------------------
+@pytest.fixture
+def old_folder(small_models, tmp_path):
+    folder = tmp_path / "engine"
+    shutil.copytree(small_models["cond"][1], folder)
+    return folder
+
+
+def test_a_folder_built_before_latency_profiles_is_rebuilt_on_load(old_folder, monkeypatch, caplog):
+    import cmrt
+    import cmrt.runtime.backends.tensorrt_backend as trt_backend
+
+    from tests.runtime.backends.test_selection import FakeTensorRTBackend
+
+    old = add_fake_engine(old_folder, precision="fp32", before_profiles=True)
+    assert old["file"] == "unet.fp32.trt11.4.sm90.b1-4-8.plan"
+    patch_env(monkeypatch, gpu_env(H100))
+    fake = FakeTensorRT(monkeypatch)
+    monkeypatch.setattr(trt_backend, "TensorRTBackend", FakeTensorRTBackend)
+    with caplog.at_level(logging.INFO, logger="cmrt"):
+        pipe = cmrt.load(old_folder, backend="tensorrt", precision="fp32")
+    logged = [r.getMessage() for r in caplog.records if "built before latency profiles" in r.getMessage()]
+    assert logged and "this cmrt builds profiles b1-1-1 and b2-4-8 at optimization level 5" in logged[0]
+    assert fake.builds == 1 and fake.last["batches"] == Profile(1, 4, 8)
+    e = read_manifest(old_folder, verify=True).data["tensorrt"]
+    assert e["format"] == 2 and e["options"]["optimization_level"] == 5
+    assert e["profiles"] == [{"min": 1, "opt": 1, "max": 1}, {"min": 2, "opt": 4, "max": 8}]
+    assert e["file"] == "unet.fp32.trt11.4.sm90.b1-1-1+2-4-8.plan" == pipe.backend.plan_path.name
+    assert not (old_folder / old["file"]).exists()
+    cmrt.load(old_folder, backend="tensorrt", precision="fp32")
+    assert fake.builds == 1  # now current: reused
+
+
+def test_a_folder_built_before_latency_profiles_that_cannot_be_rebuilt_still_loads(old_folder, monkeypatch, caplog):
+    """Its fp16 engine needs the fp16 ONNX to be rebuilt, which the folder lacks: auto falls back to
+    ONNX Runtime, naming the reason, and an explicit TensorRT request says why it cannot be served."""
+    import cmrt
+
+    add_fake_engine(old_folder, precision="fp16", before_profiles=True)
+    patch_env(monkeypatch, gpu_env(H100))
+    fake = FakeTensorRT(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="cmrt"):
+        pipe = cmrt.load(old_folder)
+    assert (pipe.backend.name, pipe.backend.device) == ("onnxruntime", "cpu") and fake.builds == 0
+    warned = [r.getMessage() for r in caplog.records if "not used" in r.getMessage()]
+    assert len(warned) == 1 and "built before latency profiles" in warned[0] and "no fp16 ONNX model" in warned[0]
+    assert pipe(batch_size=2, seed=1, output_type="np").images.shape == (2, 16, 16, 3)
+    with pytest.raises(BackendUnavailableError, match="built before latency profiles.*cannot be \\(re\\)built here"):
+        cmrt.load(old_folder, backend="tensorrt")

@@ -11,7 +11,16 @@ import json
 from pathlib import Path
 
 from cmrt.build import tensorrt as tb
-from cmrt.engine.tensorrt import Platform, TensorRTOptions, engine_entry, engine_file_name, onnx_digest, profile_for
+from cmrt.engine.tensorrt import (
+    Platform,
+    TensorRTOptions,
+    engine_entry,
+    engine_file_name,
+    onnx_digest,
+    profile_for,
+    short_version,
+    sm_tag,
+)
 from cmrt.runtime.backends.probe import Environment, GpuInfo
 
 FOLDER_OPTS = {"min_batch": 1, "opt_batch": 4, "max_batch": 16}
@@ -56,20 +65,35 @@ def fake_validation(tolerance: float = 0.05, error: float = 1e-3) -> dict:
     return {"reference": "fake", "tolerance": tolerance, "max_abs_error": error, "batch_sizes": [1, 4, 8], "per_batch": {}}
 
 
-def add_fake_engine(folder: Path, platform: Platform = H100, precision: str = "fp32", options: TensorRTOptions | None = None) -> dict:
-    """Write a (fake) plan file and a well-formed tensorrt entry into `folder`'s manifest."""
+def format1_entry(entry: dict, file: str) -> dict:
+    """`entry` as cmrt wrote it before latency profiles (entry format 1): one profile over the
+    batch range, optimization level 3, no `profiles`, the plan named by the range alone."""
+    old = {k: v for k, v in entry.items() if k != "profiles"}
+    old.update(format=1, file=file, options={**entry["options"], "optimization_level": 3})
+    return old
+
+
+def add_fake_engine(folder: Path, platform: Platform = H100, precision: str = "fp32", options: TensorRTOptions | None = None,
+                    before_profiles: bool = False) -> dict:
+    """Write a (fake) plan file and a well-formed tensorrt entry into `folder`'s manifest;
+    `before_profiles`: the entry a cmrt before latency profiles wrote (`format1_entry`)."""
     from cmrt.engine.atomic import write_json_atomic
     from cmrt.engine.manifest import file_record
 
     data = json.loads((folder / "manifest.json").read_text())
     options = options or TensorRTOptions(precision=precision)
     batches = profile_for(data["build_options"], options)
-    name = engine_file_name(precision, platform.tensorrt_version, platform.compute_capability, batches)
+    name = engine_file_name(precision, platform.tensorrt_version, platform.compute_capability, batches)  # as the builder names it
+    if before_profiles:
+        name = f"unet.{precision}.trt{short_version(platform.tensorrt_version)}.{sm_tag(platform.compute_capability)}.b{batches.tag}.plan"
     (folder / name).write_bytes(b"not a real plan " + platform.gpu_name.encode())
+    onnx_file = (data["onnx"].get(precision) or {"file": f"unet.{precision}.onnx"})["file"]
     entry = engine_entry(
-        name, options, batches, platform, data["onnx"][precision]["file"], onnx_digest(data, precision),
+        name, options, batches, platform, onnx_file, onnx_digest(data, precision),
         fake_validation(options.effective_tolerance), {"build_seconds": 1.0},
     )
+    if before_profiles:
+        entry = format1_entry(entry, name)
     data["tensorrt"] = entry
     data["files"][name] = file_record(folder, name)
     write_json_atomic(folder / "manifest.json", data)

@@ -22,14 +22,17 @@ def pairs(small_models):
         ref = diffusers.ConsistencyModelPipeline.from_pretrained(folder)
         ref.set_progress_bar_config(disable=True)
         out[name] = (ref, cmrt.load(engine))
+        out[name, "step graph"] = (ref, cmrt.load(engine, step_graph=True))
     return out
 
 
+@pytest.mark.parametrize("step_graph", [False, True], ids=["numpy-step", "step-graph"])
 @pytest.mark.parametrize("name,labels_given", [("cond", True), ("cond", False), ("uncond", False)])
 @pytest.mark.parametrize("batch", [1, 4])
 @pytest.mark.parametrize("sched", SCHEDULES, ids=["1step", "2step"])
-def test_seed_reproduces_diffusers(pairs, name, batch, sched, labels_given):
-    ref, pipe = pairs[name]
+def test_seed_reproduces_diffusers(pairs, name, batch, sched, labels_given, step_graph):
+    ref, pipe = pairs[(name, "step graph") if step_graph else name]
+    assert pipe.step_graph == step_graph
     seed = 100 + batch
     labels = list(range(batch)) if labels_given else None
     want = ref(batch_size=batch, class_labels=labels, generator=torch.manual_seed(seed), output_type="np", **sched).images

@@ -203,7 +203,8 @@ def scenario(name: str, engine: Path, out_prefix: Path) -> None:
     try:
         repo = tmp / "repo"
         inprocess = name == "repo-inprocess"
-        r = write_cli(engine, repo, "--kind", "cpu", "--instances", "1", *(["--unet", "inprocess"] if inprocess else []))
+        r = write_cli(engine, repo, "--kind", "cpu", "--instances", "1", "--warmup", "1,4",
+                      *(["--unet", "inprocess"] if inprocess else []))
         if r.returncode:
             raise RuntimeError(r.stderr)
         if not inprocess:  # the bundled server has no ONNX Runtime backend: cmrt_unet gets the Python stand-in
@@ -255,6 +256,7 @@ def test_bundled_tritonserver_serves_an_inprocess_repository_of_a_winograd_folde
     assert_images_match(served, expected_images(winograd_engine, SPECS))
     log = rec["log"]
     assert "unet=inprocess" in log and "/repo/cmrt/1/cmrt" in log, log[-3000:]
+    assert "warmed up batch sizes [1, 4]" in log, log[-3000:]  # before the model was ready
     assert rec["stop_code"] == 0
 
 

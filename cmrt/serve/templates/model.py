@@ -78,6 +78,8 @@ class TritonPythonModel:
                 os.environ["CUDA_VISIBLE_DEVICES"] = str(args["model_instance_device_id"])
                 device = "cuda"
             threads = params.get("threads", "")
+            warmup = [int(b) for b in params.get("warmup", "").split(",") if b]
+            warmed = f", warmed up batch sizes {warmup}" if warmup else ""
             from cmrt.runtime.loading import load
 
             pipe = load(
@@ -86,8 +88,10 @@ class TritonPythonModel:
                 device=device,
                 precision=params.get("precision") or None,
                 threads=int(threads) if threads else None,
+                warmup=warmup or None,  # before the model reports ready
             )
         elif mode == "triton":
+            warmed = ""  # Triton warms up cmrt_unet itself (its config's model_warmup)
             with open(os.path.join(engine, MANIFEST_NAME)) as f:
                 manifest = Manifest(folder=__import__("pathlib").Path(engine), data=json.load(f))
             precision = params.get("precision") or manifest.precisions[0]
@@ -96,7 +100,7 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"parameter unet must be 'inprocess' or 'triton', got {mode!r}")
         self.handler = Handler(pipe, ServeSettings.from_params(params))
         self.logger.log_info(
-            f"cmrt model {args['model_instance_name']}: {pipe!r}, unet={mode}, cmrt from {os.path.dirname(cmrt.__file__)}"
+            f"cmrt model {args['model_instance_name']}: {pipe!r}, unet={mode}, cmrt from {os.path.dirname(cmrt.__file__)}{warmed}"
         )
 
     def execute(self, requests):
