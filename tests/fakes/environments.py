@@ -58,8 +58,7 @@ def fake_validation(tolerance: float = 0.05, error: float = 1e-3) -> dict:
 
 def add_fake_engine(folder: Path, platform: Platform = H100, precision: str = "fp32", options: TensorRTOptions | None = None) -> dict:
     """Write a (fake) plan file and a well-formed tensorrt entry into `folder`'s manifest."""
-    from cmrt.engine.atomic import write_json_atomic
-    from cmrt.engine.manifest import file_record
+    from cmrt.engine.manifest import file_record, write_manifest
 
     data = json.loads((folder / "manifest.json").read_text())
     options = options or TensorRTOptions(precision=precision)
@@ -72,7 +71,7 @@ def add_fake_engine(folder: Path, platform: Platform = H100, precision: str = "f
     )
     data["tensorrt"] = entry
     data["files"][name] = file_record(folder, name)
-    write_json_atomic(folder / "manifest.json", data)
+    write_manifest(folder, data)
     return entry
 
 

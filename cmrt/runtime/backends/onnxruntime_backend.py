@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...engine.errors import EngineFolderError
 from ...engine.io_spec import INPUT_NAMES, feeds
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,10 @@ class OnnxRuntimeBackend:
         self.extra_inputs = dict(extra_inputs or {})
         missing = [n for n in self.input_names if n not in INPUT_NAMES and n not in self.extra_inputs]
         if missing:
-            raise ValueError(f"{onnx_path} needs inputs {missing[:3]}{'...' if len(missing) > 3 else ''} that were not given")
+            raise EngineFolderError(
+                f"{onnx_path} needs inputs {missing[:3]}{'...' if len(missing) > 3 else ''} that its engine folder "
+                "does not provide; rebuild the folder with `cmrt build`"
+            )
         self.output_name = self.session.get_outputs()[0].name
         logger.info("ONNX Runtime session on %s (%d threads) for %s", self.provider, self.threads, onnx_path)
 
