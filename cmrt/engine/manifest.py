@@ -81,8 +81,9 @@ def file_record(folder: Path, name: str) -> dict[str, Any]:
     return {"sha256": sha256_file(p), "bytes": p.stat().st_size}
 
 
-def _canonical(data: dict[str, Any]) -> bytes:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+def _canonical(data: dict[str, Any], strict: bool = False) -> bytes:
+    """`strict` (writing) refuses NaN and infinities, which are not JSON; reading takes what the parser gave."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=not strict).encode()
 
 
 def manifest_digest(data: dict[str, Any]) -> str:
@@ -94,11 +95,21 @@ def write_manifest(folder: str | os.PathLike, data: dict[str, Any]) -> dict[str,
     """Write `data` as `folder`'s manifest, atomically, with its digest; returns what was written.
 
     The only way build time writes a manifest (the ONNX build and the TensorRT step), so
-    that every manifest a cmrt build leaves is sealed.
+    that every manifest a cmrt build leaves is sealed, and never one that `read_manifest`
+    would refuse: the data is checked against the schema first.
     """
     from .atomic import write_json_atomic
 
     sealed = {k: v for k, v in data.items() if k != DIGEST_KEY}
+    try:
+        if sealed.get("format") != FORMAT or sealed.get("format_version") != FORMAT_VERSION:
+            raise SchemaError("format_version", f"must be {FORMAT!r} version {FORMAT_VERSION}")
+        check_manifest_data(sealed)
+        _canonical(sealed, strict=True)
+    except SchemaError as e:
+        raise EngineFolderError(f"refusing to write an invalid manifest in {folder}: field `{e.where}` {e.problem}") from None
+    except ValueError as e:  # NaN or an infinity in a field the runtime does not read
+        raise EngineFolderError(f"refusing to write an invalid manifest in {folder}: {e}") from None
     sealed[DIGEST_KEY] = manifest_digest(sealed)
     write_json_atomic(Path(folder) / MANIFEST_NAME, sealed)
     return sealed

@@ -188,7 +188,20 @@ def open_backend(
                 f"ONNX Runtime cannot open {path} ({message}): the engine folder does not hold what its manifest "
                 "describes; rebuild the folder with `cmrt build`"
             ) from e
+        _check_graph_io(manifest, prec, path, engine.input_names, engine.output_name, extra)
     return manifest, engine
+
+
+def _check_graph_io(manifest: Manifest, precision: str, path: Path, inputs, output: str, extra) -> None:
+    """The graph ONNX Runtime opened takes the inputs and gives the output its manifest records."""
+    spec = manifest.io_spec(precision)
+    want = sorted(i["name"] for i in spec["inputs"])
+    got = sorted(set(inputs) - set(extra or {}))
+    if got != want or output != spec["outputs"][0]["name"]:
+        raise EngineFolderError(
+            f"{path} takes {got} and gives {output!r}, its manifest says {want} and {spec['outputs'][0]['name']!r}: "
+            "the engine folder does not hold what its manifest describes; rebuild the folder with `cmrt build`"
+        )
 
 
 def _open_openvino(manifest: Manifest, precision: str | None, threads: int | None):
