@@ -22,7 +22,7 @@ from .options import WINOGRAD_MODES, BuildOptions
 
 # Limits on what a manifest may describe.
 MAX_SAMPLE_SIZE = 4096  # the openai models are 64 and 256
-MAX_CHANNELS = 64
+MAX_CHANNELS = 4  # images: 1 (grey), 3 (RGB), 4
 MAX_CLASSES = 1_000_000  # labels are drawn below it; nothing of this size is allocated
 MAX_BATCH = 4096
 MAX_TRAIN_TIMESTEPS = 1_000_000  # the Karras grid has this many float64 points
@@ -145,6 +145,13 @@ class Either(Spec):
         raise SchemaError(where, f"must be {self.what}, got {_show(value)}")
 
 
+def _check_container(value, where: str, kind: type, min_len: int, max_len: int) -> None:
+    if not isinstance(value, kind):
+        raise SchemaError(where, f"must be {_type_name(kind())}, got {_type_name(value)} {_show(value)}")
+    if not min_len <= len(value) <= max_len:
+        raise SchemaError(where, f"must have {min_len}..{max_len} entries, got {len(value)}")
+
+
 @dataclass(frozen=True)
 class ListOf(Spec):
     item: Spec
@@ -152,10 +159,7 @@ class ListOf(Spec):
     max_len: int = 64
 
     def check(self, value, where):
-        if not isinstance(value, list):
-            raise SchemaError(where, f"must be a list, got {_type_name(value)} {_show(value)}")
-        if not self.min_len <= len(value) <= self.max_len:
-            raise SchemaError(where, f"must have {self.min_len}..{self.max_len} entries, got {len(value)}")
+        _check_container(value, where, list, self.min_len, self.max_len)
         for i, v in enumerate(value):
             self.item.check(v, f"{where}[{i}]")
 
@@ -187,10 +191,7 @@ class MapOf(Spec):
     max_len: int = 64
 
     def check(self, value, where):
-        if not isinstance(value, dict):
-            raise SchemaError(where, f"must be an object, got {_type_name(value)} {_show(value)}")
-        if not self.min_len <= len(value) <= self.max_len:
-            raise SchemaError(where, f"must have {self.min_len}..{self.max_len} entries, got {len(value)}")
+        _check_container(value, where, dict, self.min_len, self.max_len)
         for k, v in value.items():
             self.key.check(k, f"{where} key {_show(k)}")
             self.value.check(v, _join(where, k))
@@ -217,11 +218,15 @@ WINOGRAD_FILTER = Obj({
     "shape": ListOf(Int(1, MAX_FILTER_DIM), 4, 4),
 })
 WINOGRAD = Obj(
-    {"used": Bool(), "reason": Text, "file": FileName},
+    {
+        "used": Bool(),
+        "reason": Text,
+        "file": FileName,
+        "rewrite": Obj({"rewritten": Int(0, MAX_FILTERS), "kept": Int(0, MAX_FILTERS)}, {"added_filter_bytes": Int(0, MAX_FILE_BYTES)}),
+    },
     {
         "weights_file": FileName,
         "filters": ListOf(WINOGRAD_FILTER, 0, MAX_FILTERS),
-        "rewrite": Obj({"rewritten": Int(0, MAX_FILTERS), "kept": Int(0, MAX_FILTERS)}, {"added_filter_bytes": Int(0, MAX_FILE_BYTES)}),
         "validation": VALIDATION,
     },
 )
@@ -307,6 +312,9 @@ def opened_files(data: Mapping[str, Any]) -> dict[str, str]:
 
 def _check_relations(data: Mapping[str, Any]) -> None:
     """What no single field can say: ranges between fields, I/O against the UNet, files listed."""
+    u = data["unet"]
+    if u["out_channels"] != u["in_channels"]:
+        raise SchemaError("unet.out_channels", f"must equal in_channels ({u['in_channels']}): the model denoises its input")
     s = data["scheduler"]
     if not s["sigma_min"] < s["sigma_max"]:
         raise SchemaError("scheduler.sigma_min", f"must be below sigma_max ({s['sigma_max']}), got {s['sigma_min']}")

@@ -188,19 +188,23 @@ def open_backend(
                 f"ONNX Runtime cannot open {path} ({message}): the engine folder does not hold what its manifest "
                 "describes; rebuild the folder with `cmrt build`"
             ) from e
-        _check_graph_io(manifest, prec, path, engine.input_names, engine.output_name, extra)
+        _check_graph_io(manifest.io_spec(prec), path, engine.session, extra)
     return manifest, engine
 
 
-def _check_graph_io(manifest: Manifest, precision: str, path: Path, inputs, output: str, extra) -> None:
-    """The graph ONNX Runtime opened takes the inputs and gives the output its manifest records."""
-    spec = manifest.io_spec(precision)
-    want = sorted(i["name"] for i in spec["inputs"])
-    got = sorted(set(inputs) - set(extra or {}))
-    if got != want or output != spec["outputs"][0]["name"]:
+def _check_graph_io(spec: dict, path: Path, session, extra) -> None:
+    """The graph ONNX Runtime opened takes the inputs and gives the output its manifest records
+    (names, and every dimension but the batch), so that a mismatch is found here, not mid-call."""
+
+    def shapes(tensors, skip=()):
+        return {t.name: [d if isinstance(d, int) else "batch" for d in t.shape] for t in tensors if t.name not in skip}
+
+    want = {t["name"]: t["shape"] for t in spec["inputs"] + spec["outputs"]}
+    got = {**shapes(session.get_inputs(), skip=set(extra or {})), **shapes(session.get_outputs())}
+    if got != want:
         raise EngineFolderError(
-            f"{path} takes {got} and gives {output!r}, its manifest says {want} and {spec['outputs'][0]['name']!r}: "
-            "the engine folder does not hold what its manifest describes; rebuild the folder with `cmrt build`"
+            f"{path} takes and gives {got}, its manifest says {want}: the engine folder does not hold what its "
+            "manifest describes; rebuild the folder with `cmrt build`"
         )
 
 

@@ -335,6 +335,13 @@ SCHEMA_CASES = {
     "unlisted-winograd-graph": lambda d: (d["files"].pop(d["onnx"]["fp32"]["winograd"]["file"], None),
                                           d["onnx"]["fp32"]["winograd"].update(used=True)),
     "graph-is-the-weights": _set("onnx.fp32.file", "unet.fp32.onnx.data"),  # listed and checksummed, not a graph
+    # consistent with each other, not with the graph: ONNX Runtime's session is checked against them
+    "size-not-the-graphs": lambda d: (d["unet"].update(sample_size=32), d["onnx"]["fp32"]["inputs"][0].update(shape=["batch", 3, 32, 32]),
+                                      d["onnx"]["fp32"]["outputs"][0].update(shape=["batch", 3, 32, 32])),
+    "channels-not-the-graphs": lambda d: (d["unet"].update(in_channels=1, out_channels=1),
+                                          d["onnx"]["fp32"]["inputs"][0].update(shape=["batch", 1, 16, 16]),
+                                          d["onnx"]["fp32"]["outputs"][0].update(shape=["batch", 1, 16, 16])),
+    "channels-in-out": lambda d: (d["unet"].update(out_channels=1), d["onnx"]["fp32"]["outputs"][0].update(shape=["batch", 1, 16, 16])),
     "tensorrt-unlisted": _set("tensorrt", {
         "format": 1, "file": "x.plan", "precision": "fp32", "tensorrt_version": "11.4", "onnx_sha256": None,
         "gpu": {"name": "g", "compute_capability": "9.0"}, "profile": {"min": 1, "opt": 4, "max": 8},

@@ -8,7 +8,7 @@ import pytest
 import cmrt
 import cmrt.runtime.loading as loading
 from cmrt.engine.errors import EngineFolderError
-from cmrt.engine.models import looks_like_path, resolve_model
+from cmrt.engine.models import resolve_model
 
 
 class BuildAttempted(Exception):
@@ -67,6 +67,8 @@ def test_an_existing_folder_that_is_not_an_engine_folder_says_so(no_builds, tmp_
 
 
 def test_what_looks_like_a_path(tmp_path, monkeypatch):
+    from cmrt.engine.models import looks_like_path
+
     monkeypatch.chdir(tmp_path)
     (tmp_path / "here").mkdir()
     root = tmp_path / "root"
