@@ -66,10 +66,8 @@ def looks_like_path(model: str, roots: tuple[Path, ...] = ()) -> bool:
     """
     if model.startswith((".", "/", "~")) or Path(model).expanduser().exists():
         return True
-    first = Path(model).parts[0] if Path(model).parts else ""
-    if first in ("", ".", "..") or len(Path(model).parts) < 2:
-        return False
-    return any((root / first).exists() for root in (Path("."), *roots))
+    parts = Path(model).parts
+    return len(parts) >= 2 and any((root / parts[0]).exists() for root in (Path("."), *roots))
 
 
 def is_diffusers_folder(path: Path) -> bool:

@@ -50,8 +50,9 @@ def find_engine_folder(model_or_dir: str | os.PathLike) -> Path:
     """An engine folder as given, or the default folder of a model name, built if it does not exist.
 
     Never a download for what looks like a path (`cmrt.engine.models.looks_like_path`): a
-    missing folder is an error. Only the built-in models and the nine openai checkpoints
-    are built (downloaded) on load; the folder of another hub id must exist (`cmrt build ID`).
+    missing folder is an error. Only the built-in models, the nine openai checkpoints and a
+    local diffusers folder are built on load; the folder of another hub id must exist
+    (`cmrt build ID`).
     """
     text = os.fspath(model_or_dir)
     path = Path(text).expanduser()

@@ -91,13 +91,17 @@ def test_builds_killed_at_random_points_always_leave_a_loadable_target(forkserve
     assert pipe(batch_size=2, seed=0, output_type="np").images.shape == (2, 16, 16, 3)
 
 
-def test_two_concurrent_builds_of_one_target_both_succeed(forkserver, small_models, tmp_path):
+def test_two_concurrent_builds_of_one_target_both_succeed_one_after_the_other(forkserver, small_models, tmp_path):
     model, out = str(small_models["uncond"][0]), tmp_path / "engines" / "small"
+    out.parent.mkdir(parents=True)
     procs = [forkserver.Process(target=cli_build, args=(model, str(out))) for _ in range(2)]
     for p in procs:
         p.start()
-    for p in procs:
-        p.join(180)
+    most_staging = 0  # staging folders seen at once: one while the builds take turns
+    while any(p.is_alive() for p in procs):
+        most_staging = max(most_staging, sum(".building" in n for n in os.listdir(out.parent)))
+        time.sleep(0.02)
     assert [p.exitcode for p in procs] == [0, 0]
+    assert most_staging == 1, f"{most_staging} builds of one target ran at once"
     read_manifest(out, verify=True)
     assert leftovers(out) == []
