@@ -2,7 +2,9 @@
 
 A folder is reused when its manifest's build key (source fingerprint + options) matches;
 anything else is rebuilt in a staging folder and swapped in atomically, so an interrupted
-build never leaves a folder that loads.
+build never leaves a folder that loads. A build holds its target's lock
+(`cmrt.engine.atomic.target_lock`) from the up-to-date check to the swap: concurrent builds
+of one target wait for each other, and the later one reuses what the first built.
 """
 from __future__ import annotations
 
@@ -15,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from ..engine.atomic import staging_dir, write_json_atomic
+from ..engine.atomic import staging_dir, target_lock
 from ..engine.errors import BackendUnavailableError, EngineFolderError
-from ..engine.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, file_record, read_manifest
+from ..engine.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, file_record, read_manifest, write_manifest
 from ..engine.models import ModelSource, resolve_model
 from ..engine.options import BUILD_BACKENDS, BuildOptions
 from ..engine.paths import default_engine_dir
@@ -126,21 +128,29 @@ def _build_onnx_folder(
     revision: str | None = None,
 ) -> Path:
     """Build (or reuse) the ONNX engine folder for `model` and return its path."""
-    from tqdm.auto import tqdm
-
-    from .checkpoints import load_model, model_folder
-    from .cpu_graph import add_winograd_graph
-    from .onnx_export import export_onnx, unet_record, validate_onnx
-    from .step_graph import add_step_graph, add_winograd_step_graph
+    from .checkpoints import model_folder
 
     options = options or BuildOptions()
     source = resolve_model(model, revision=revision)
     out = Path(out) if out is not None else default_engine_dir(source.slug)
     _, record = model_folder(source)
     key = build_key(record, options)
-    if not force and up_to_date(out, key):
-        logger.info("engine folder %s is up to date; reusing it", out)
-        return out
+    with target_lock(out):  # a concurrent build of `out` finishes first; this one may then reuse it
+        if not force and up_to_date(out, key):
+            logger.info("engine folder %s is up to date; reusing it", out)
+            return out
+        _export_folder(source, out, options, key)
+    return out
+
+
+def _export_folder(source: ModelSource, out: Path, options: BuildOptions, key: str) -> None:
+    """Export, validate and write the folder of `source` in a staging folder swapped in at `out`."""
+    from tqdm.auto import tqdm
+
+    from .checkpoints import load_model
+    from .cpu_graph import add_winograd_graph
+    from .onnx_export import export_onnx, unet_record, validate_onnx
+    from .step_graph import add_step_graph, add_winograd_step_graph
 
     t0 = time.perf_counter()
     stages = ["load"] + [f"{s} {p}" for p in options.precisions for s in ("export", "validate", "step graph")] + ["manifest"]
@@ -192,7 +202,6 @@ def _build_onnx_folder(
             "tools": _tool_versions(),
             "files": {name: file_record(stage, name) for name in files},
         }
-        write_json_atomic(stage / MANIFEST_NAME, manifest)
+        write_manifest(stage, manifest)
         bar.update()
     logger.info("built %s in %.1f s", out, time.perf_counter() - t0)
-    return out

@@ -346,20 +346,6 @@ def _one_run(name: str, iteration: Any):
     return run
 
 
-@contextlib.contextmanager
-def _folder_lock(folder: Path) -> Iterator[None]:
-    """One engine build per folder at a time (other processes wait)."""
-    import fcntl
-
-    lock_path = folder / ".tensorrt.lock"
-    with open(lock_path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 @dataclass(frozen=True)
 class EngineResult:
     plan: Path
@@ -381,8 +367,8 @@ def ensure_tensorrt_engine(
     (When the new plan has the old one's name, a reader between the rename and the manifest
     rewrite sees a checksum mismatch and refuses the folder: refused, never wrong.)
     """
-    from ..engine.atomic import write_bytes_atomic, write_json_atomic
-    from ..engine.manifest import MANIFEST_NAME, file_record, read_manifest
+    from ..engine.atomic import target_lock, write_bytes_atomic
+    from ..engine.manifest import file_record, read_manifest, write_manifest
 
     folder = Path(folder)
     options = options or TensorRTOptions()
@@ -398,7 +384,7 @@ def ensure_tensorrt_engine(
     if blocker:
         raise EngineFolderError(f"{folder}: {decision.reason}, and it cannot be rebuilt: {blocker}")
 
-    with _folder_lock(folder):
+    with target_lock(folder):  # the folder's build lock: one engine build, and no folder swap, at a time
         # another process may have built it while we waited
         manifest = read_manifest(folder, verify=True)
         data = manifest.data
@@ -435,7 +421,7 @@ def ensure_tensorrt_engine(
         files[name] = file_record(folder, name)
         new_data["files"] = files
         new_data[ENTRY_KEY] = new_entry
-        write_json_atomic(folder / MANIFEST_NAME, new_data)
+        write_manifest(folder, new_data)
         if old_file and old_file != name:
             with contextlib.suppress(FileNotFoundError):
                 (folder / old_file).unlink()

@@ -1,46 +1,78 @@
 """The engine folder's manifest: the contract between build time and run time.
 
 The runtime reads only this JSON file and the files it lists; it never needs torch or the
-original checkpoint. Every file carries a SHA-256 so that a truncated copy or a hand-edited
-ONNX file is refused with a clear message instead of producing wrong images.
+original checkpoint. A folder is untrusted data, so reading one checks, in this order:
+
+- the manifest itself (`parse_manifest`): a bounded, well-formed JSON object of this
+  format version whose content matches its own SHA-256 (`manifest_sha256`, written by the
+  build through `write_manifest`), so that an edit of any field is refused; then every
+  field the runtime reads against the schema (`manifest_schema`), and every file it opens
+  is a plain name inside the folder with a checksum in `files`;
+- the files (`check_files`): each listed file resolves inside the folder (a symlink out is
+  refused), has its recorded size and, with `hashes`, its SHA-256.
+
+`read_manifest` does both. The digest guards against edits and damage, not against someone
+who rewrites the manifest and its digest together: such a folder still passes only the
+schema and the containment checks, which keep the runtime inside the folder and its reads
+typed and bounded.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import EngineFolderError
+from .manifest_schema import SchemaError, check_manifest_data
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST_NAME", "EngineFolderError", "Manifest", "file_record", "read_manifest", "sha256_file"]
+__all__ = [
+    "DIGEST_KEY", "FORMAT", "FORMAT_VERSION", "MANIFEST_NAME", "EngineFolderError", "Manifest", "check_files",
+    "file_record", "manifest_digest", "parse_manifest", "read_manifest", "sha256_file", "write_manifest",
+]
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "cmrt-engine"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest's own digest, the schema, every opened file checksummed
+DIGEST_KEY = "manifest_sha256"
+MAX_MANIFEST_BYTES = 4 << 20  # real manifests are a few kB (LSUN-256's Winograd filter list: ~20 kB)
+MAX_DEPTH = 16  # real manifests nest 6 deep
+REBUILD = "rebuild the folder with `cmrt build`"
 
-_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+# The hash cache: (device, inode, size, mtime_ns, ctime_ns) -> SHA-256. Any write to a file
+# moves its ctime, which no user-space call can set back, so an in-place edit that keeps
+# the size and restores the mtime still misses the cache. A file changed less than
+# RACY_SECONDS before its hash began is not cached (the clock tick that stamps ctime is
+# coarse: an edit in the same tick would otherwise look unchanged), as git does.
+_HASH_CACHE: dict[tuple[int, int, int, int, int], str] = {}
+RACY_SECONDS = 2.0
+
+
+def _stat_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    """SHA-256 of a file, remembered per (path, size, mtime) so repeated loads in one process are free."""
-    path = Path(path)
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    cached = _HASH_CACHE.get(key)
-    if cached is not None:
-        return cached
-    h = hashlib.sha256()
+    """SHA-256 of a file, remembered per (inode, size, mtime, ctime) so repeated loads in one process are free."""
+    started = time.time()
     with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        key = _stat_key(st)
+        cached = _HASH_CACHE.get(key)
+        if cached is not None:
+            return cached
+        h = hashlib.sha256()
         while True:
             block = f.read(chunk)
             if not block:
                 break
             h.update(block)
     digest = h.hexdigest()
-    _HASH_CACHE[key] = digest
+    if started - st.st_ctime_ns / 1e9 >= RACY_SECONDS:
+        _HASH_CACHE[key] = digest
     return digest
 
 
@@ -49,9 +81,57 @@ def file_record(folder: Path, name: str) -> dict[str, Any]:
     return {"sha256": sha256_file(p), "bytes": p.stat().st_size}
 
 
+def _canonical(data: dict[str, Any], strict: bool = False) -> bytes:
+    """`strict` (writing) refuses NaN and infinities, which are not JSON; reading takes what the parser gave."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=not strict).encode()
+
+
+def manifest_digest(data: dict[str, Any]) -> str:
+    """The SHA-256 of the manifest's content without its own digest (canonical JSON, so formatting does not count)."""
+    return hashlib.sha256(_canonical({k: v for k, v in data.items() if k != DIGEST_KEY})).hexdigest()
+
+
+def write_manifest(folder: str | os.PathLike, data: dict[str, Any]) -> dict[str, Any]:
+    """Write `data` as `folder`'s manifest, atomically, with its digest; returns what was written.
+
+    The only way build time writes a manifest (the ONNX build and the TensorRT step), so
+    that every manifest a cmrt build leaves is sealed, and never one that `read_manifest`
+    would refuse: the data is checked against the schema first.
+    """
+    from .atomic import write_json_atomic
+
+    sealed = {k: v for k, v in data.items() if k != DIGEST_KEY}
+    try:
+        if sealed.get("format") != FORMAT or sealed.get("format_version") != FORMAT_VERSION:
+            raise SchemaError("format_version", f"must be {FORMAT!r} version {FORMAT_VERSION}")
+        check_manifest_data(sealed)
+        _canonical(sealed, strict=True)
+    except SchemaError as e:
+        raise EngineFolderError(f"refusing to write an invalid manifest in {folder}: field `{e.where}` {e.problem}") from None
+    except ValueError as e:  # NaN or an infinity in a field the runtime does not read
+        raise EngineFolderError(f"refusing to write an invalid manifest in {folder}: {e}") from None
+    sealed[DIGEST_KEY] = manifest_digest(sealed)
+    write_json_atomic(Path(folder) / MANIFEST_NAME, sealed)
+    return sealed
+
+
+def inside(folder: Path, name: str) -> Path:
+    """`folder / name` after following symlinks, or EngineFolderError when that leaves `folder`.
+
+    The error names neither the target nor anything about it: an engine folder must not be
+    a way to learn about files outside it.
+    """
+    base = Path(os.path.realpath(folder))
+    path = Path(os.path.realpath(base / name))
+    if path.parent != base or path.name in ("", ".", ".."):
+        raise EngineFolderError(f"{folder / name} leads outside the engine folder (a symlink?); {REBUILD}")
+    return path
+
+
 @dataclass(frozen=True)
 class Manifest:
-    """A parsed manifest plus the folder it describes."""
+    """A checked manifest plus the folder it describes: made by `parse_manifest` / `read_manifest`,
+    whose schema check is what lets the accessors below index without guarding."""
 
     folder: Path
     data: dict[str, Any] = field(repr=False)
@@ -161,11 +241,52 @@ class Manifest:
         return {"inputs": entry["inputs"], "outputs": entry["outputs"]}
 
 
-_REQUIRED = ("format", "format_version", "source", "unet", "scheduler", "build_options", "onnx", "files", "tools")
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
 
 
-def read_manifest(folder: str | os.PathLike, verify: bool = True) -> Manifest:
-    """Read and check an engine folder. `verify` re-hashes every listed file (cached per process)."""
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"the key {key[:40]!r} appears twice in one object")
+        out[key] = value
+    return out
+
+
+def _depth(value: Any) -> int:
+    """How deeply `value` nests (iteratively: a crafted manifest must not exhaust the stack)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            deepest = max(deepest, d)
+            if deepest > MAX_DEPTH:
+                break
+            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def _load_json(mpath: Path) -> Any:
+    try:
+        with open(mpath, "rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as e:
+        raise EngineFolderError(f"{mpath} cannot be read ({e.strerror}); {REBUILD}") from e
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise EngineFolderError(f"{mpath} is over {MAX_MANIFEST_BYTES >> 20} MiB, no cmrt manifest is; {REBUILD}")
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, object_pairs_hook=_no_duplicate_keys)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        raise EngineFolderError(f"{mpath} is not valid JSON ({e}); {REBUILD}") from e
+
+
+def parse_manifest(folder: str | os.PathLike) -> "Manifest":
+    """The manifest of `folder`, checked on its own (format, digest, schema); its files are not looked at.
+
+    What a process that serves the folder's graphs from elsewhere (Triton's `unet=triton`)
+    can check; `read_manifest` adds the files.
+    """
     folder = Path(folder)
     if not folder.exists():
         raise EngineFolderError(
@@ -176,31 +297,59 @@ def read_manifest(folder: str | os.PathLike, verify: bool = True) -> Manifest:
         raise EngineFolderError(
             f"{folder} is not a cmrt engine folder (no {MANIFEST_NAME}); build one with `cmrt build MODEL --out {folder}`"
         )
-    try:
-        data = json.loads(mpath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EngineFolderError(f"{mpath} is not valid JSON ({e}); rebuild the folder with `cmrt build`") from e
-    missing = [k for k in _REQUIRED if k not in data]
-    if missing or data.get("format") != FORMAT:
-        raise EngineFolderError(f"{mpath} is not a cmrt engine manifest (missing {missing}); rebuild with `cmrt build`")
-    if data["format_version"] != FORMAT_VERSION:
+    data = _load_json(inside(folder, MANIFEST_NAME))
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise EngineFolderError(f"{mpath} is not a cmrt engine manifest; {REBUILD}")
+    version = data.get("format_version")
+    if version != FORMAT_VERSION or isinstance(version, bool):
         raise EngineFolderError(
-            f"{folder} was written by manifest format {data['format_version']}, this cmrt reads {FORMAT_VERSION}; "
+            f"{folder} was written by manifest format {str(version)[:20]}, this cmrt reads {FORMAT_VERSION}; "
             "rebuild it with this cmrt's `cmrt build`"
         )
-    for name, rec in data["files"].items():
-        p = folder / name
+    if _depth(data) > MAX_DEPTH:
+        raise EngineFolderError(f"{mpath} nests deeper than any cmrt manifest ({MAX_DEPTH} levels); {REBUILD}")
+    if data.get(DIGEST_KEY) != manifest_digest(data):
+        raise EngineFolderError(
+            f"{mpath} was changed after the build: its content does not match its {DIGEST_KEY}. "
+            f"Edited manifests are refused; {REBUILD}"
+        )
+    try:
+        check_manifest_data(data)
+    except SchemaError as e:
+        field_name = e.where or "the manifest"
+        raise EngineFolderError(f"{mpath}: field `{field_name}` {e.problem}; {REBUILD}") from None
+    return Manifest(folder=folder, data=data)
+
+
+def check_files(manifest: "Manifest", hashes: bool = True) -> None:
+    """Check every file in the manifest's `files`: inside the folder, its size, and with `hashes` its SHA-256.
+
+    The schema has already made sure that every file the runtime opens is listed here.
+    Kept apart from `parse_manifest` so that the hashing can run alongside other work.
+    """
+    folder = manifest.folder
+    for name, rec in manifest.files.items():
+        p = inside(folder, name)
         if not p.is_file():
-            raise EngineFolderError(f"engine folder {folder} is incomplete: {name} is missing; rebuild with `cmrt build`")
+            raise EngineFolderError(f"engine folder {folder} is incomplete: {name} is missing; {REBUILD}")
         size = p.stat().st_size
         if size != rec["bytes"]:
             raise EngineFolderError(
-                f"{p} has {size} bytes, the manifest says {rec['bytes']}: the file was changed or truncated; "
-                "rebuild with `cmrt build`"
+                f"{folder / name} has {size} bytes, the manifest says {rec['bytes']}: the file was changed or truncated; "
+                f"{REBUILD}"
             )
-        if verify and sha256_file(p) != rec["sha256"]:
+        if hashes and sha256_file(p) != rec["sha256"]:
             raise EngineFolderError(
-                f"{p} does not match its checksum in {MANIFEST_NAME}: the file was modified after the build; "
-                "rebuild with `cmrt build`"
+                f"{folder / name} does not match its checksum in {MANIFEST_NAME}: the file was modified after the build; "
+                f"{REBUILD}"
             )
-    return Manifest(folder=folder, data=data)
+
+
+def read_manifest(folder: str | os.PathLike, verify: bool = True) -> "Manifest":
+    """Read and check an engine folder: the manifest (`parse_manifest`) and its files (`check_files`).
+
+    `verify` hashes every file (cached per process); without it only sizes are checked.
+    """
+    manifest = parse_manifest(folder)
+    check_files(manifest, hashes=verify)
+    return manifest

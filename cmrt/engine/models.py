@@ -57,6 +57,19 @@ class ModelSource:
         return OPENAI_CHECKPOINTS.get(self.name) if self.kind == "openai" else None
 
 
+def looks_like_path(model: str, roots: tuple[Path, ...] = ()) -> bool:
+    """Whether `model` is meant as a path rather than a hub id: it exists, starts with `.`, `/`
+    or `~`, or its first component is a folder in the current folder or in one of `roots`.
+
+    `cmrt.load` treats such a name as a folder and never as something to download: a missing
+    `engines/digits` must not fetch whatever someone publishes as the hub id `engines/digits`.
+    """
+    if model.startswith((".", "/", "~")) or Path(model).expanduser().exists():
+        return True
+    parts = Path(model).parts
+    return len(parts) >= 2 and any((root / parts[0]).exists() for root in (Path("."), *roots))
+
+
 def is_diffusers_folder(path: Path) -> bool:
     return (path / "model_index.json").is_file() or (path / "unet" / "config.json").is_file()
 

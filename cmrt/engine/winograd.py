@@ -91,23 +91,28 @@ def filters_from_weight_file(folder, record: dict) -> dict[str, np.ndarray]:
 
     `record` is the manifest's Winograd entry: `weights_file` and, per filter, the graph input
     it feeds, the byte offset and length of its 3x3 weights in that file, and their shape.
+    The record comes from an engine folder, so every filter is checked against the file
+    before a byte is read (the manifest's schema checks the types; this the bounds).
     """
     from pathlib import Path
 
     from .errors import EngineFolderError
+    from .manifest import inside
 
-    path = Path(folder) / record["weights_file"]
+    path = inside(Path(folder), record["weights_file"])
     size = path.stat().st_size
     out = {}
     for f in record["filters"]:
-        k, c, kh, kw = f["shape"]
+        k, c, kh, kw = (int(d) for d in f["shape"])
         want = k * c * kh * kw * 4
-        if f["length"] != want or f["offset"] + want > size:
+        offset = int(f["offset"])
+        if (kh, kw) != (KERNEL, KERNEL) or f["length"] != want or offset < 0 or offset + want > size:
             raise EngineFolderError(
-                f"{path}: the Winograd filter {f['input']} does not fit the weight file (offset {f['offset']}, "
-                f"length {f['length']}, file {size} bytes); rebuild the folder with `cmrt build`"
+                f"{Path(folder) / record['weights_file']}: the Winograd filter {f['input']} does not fit the weight file "
+                f"(offset {offset}, length {f['length']}, shape {[k, c, kh, kw]}, file {size} bytes); "
+                "rebuild the folder with `cmrt build`"
             )
-        w = np.memmap(path, dtype=np.float32, mode="r", offset=f["offset"], shape=(k, c, kh, kw))
+        w = np.memmap(path, dtype=np.float32, mode="r", offset=offset, shape=(k, c, kh, kw))
         out[f["input"]] = transform_filters(w)
         del w
     return out

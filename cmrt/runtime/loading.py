@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Sequence
 
-from ..engine.errors import BackendUnavailableError
+from ..engine.errors import BackendUnavailableError, EngineFolderError
 from ..engine.io_spec import PRECISIONS
 from ..engine.manifest import MANIFEST_NAME, Manifest, read_manifest
-from ..engine.models import is_diffusers_folder, resolve_model
-from ..engine.paths import default_engine_dir
+from ..engine.models import DEFAULT_MODEL, is_diffusers_folder, looks_like_path, resolve_model
+from ..engine.paths import default_engine_dir, engine_root
 from ..engine.step_graph import step_graph as step_graph_file
 from ..engine.tensorrt import TensorRTOptions
 from .backends.probe import Environment, probe_environment
@@ -41,19 +42,43 @@ def _build(what: str, *args, **kwargs):
     return fn(*args, **kwargs)
 
 
+# What `cmrt.load` may build when its engine folder is missing: the built-in models, the
+# openai checkpoints and local diffusers folders. Any other hub id is built with `cmrt build`,
+# never as a side effect of loading a name.
+BUILT_ON_LOAD = ("builtin", "openai", "local")
+
+
 def find_engine_folder(model_or_dir: str | os.PathLike) -> Path:
-    """An engine folder as given, or the default folder of a model name, built if it does not exist."""
-    path = Path(model_or_dir).expanduser()
+    """An engine folder as given, or the default folder of a model name, built if it does not exist.
+
+    Never a download for what looks like a path (`cmrt.engine.models.looks_like_path`): a
+    missing folder is an error. Only the built-in models, the nine openai checkpoints and a
+    local diffusers folder are built on load; the folder of another hub id must exist
+    (`cmrt build ID`).
+    """
+    text = os.fspath(model_or_dir)
+    path = Path(text).expanduser()
     if (path / MANIFEST_NAME).is_file():
         return path
-    if path.is_dir() and not is_diffusers_folder(path):
-        raise ValueError(f"{path} is neither an engine folder (no {MANIFEST_NAME}) nor a diffusers model folder")
-    source = resolve_model(os.fspath(model_or_dir))  # raises ValueError for unknown names
+    if path.exists() and not (path.is_dir() and is_diffusers_folder(path)):
+        raise EngineFolderError(f"{path} is neither an engine folder (no {MANIFEST_NAME}) nor a diffusers model folder")
+    if not path.exists() and looks_like_path(text, (engine_root(),)):
+        raise EngineFolderError(
+            f"engine folder {text} does not exist (a path, so it is not looked up on the hub); build it with "
+            f"`cmrt build MODEL --out {text}`, or pass a model name such as {DEFAULT_MODEL!r}"
+        )
+    source = resolve_model(text)  # raises ValueError for unknown names
     folder = default_engine_dir(source.slug)
     if (folder / MANIFEST_NAME).is_file():
         return folder
+    if source.kind not in BUILT_ON_LOAD:
+        raise ValueError(
+            f"no engine folder for the hub model {text!r} at {folder}; cmrt.load downloads only the built-in models "
+            f"and the openai checkpoints. Build it with `cmrt build {text}` (this downloads what is published under "
+            "that name), then load it by the same name or folder"
+        )
     logger.info("no engine folder for %s yet; building %s", model_or_dir, folder)
-    return _build("folder", os.fspath(model_or_dir), out=folder)
+    return _build("folder", text, out=folder)
 
 
 def choose_precision(manifest: Manifest, device: str, precision: str | None) -> str:
@@ -189,16 +214,45 @@ def open_backend(
 
     prec = choose_precision(manifest, "cpu", precision)
     if use_step_graph("onnxruntime", "cpu", step_graph):
-        path, _, wino = step_graph_file(manifest, prec, winograd)
+        path, record, wino = step_graph_file(manifest, prec, winograd)
+        spec = {"inputs": record["inputs"], "outputs": record["outputs"]}
     else:
         path, wino = manifest.cpu_graph(prec, winograd)
+        spec = manifest.io_spec(prec)
     extra = None
     if wino and wino.get("filters"):
         from ..engine.winograd import filters_from_weight_file
 
         extra = filters_from_weight_file(manifest.folder, wino)
-    engine = OnnxRuntimeBackend(path, threads=threads, extra_inputs=extra)
+    try:
+        engine = OnnxRuntimeBackend(path, threads=threads, extra_inputs=extra)
+    except Exception as e:
+        if type(e).__module__.partition(".")[0] != "onnxruntime":
+            raise
+        # the file passed its checksum, so the folder holds something other than what its manifest says
+        message = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise EngineFolderError(
+            f"ONNX Runtime cannot open {path} ({message}): the engine folder does not hold what its manifest "
+            "describes; rebuild the folder with `cmrt build`"
+        ) from e
+    _check_graph_io(spec, path, engine.session, extra)
     return manifest, engine
+
+
+def _check_graph_io(spec: dict, path: Path, session, extra) -> None:
+    """The graph ONNX Runtime opened takes the inputs and gives the outputs its manifest records
+    (names, and every dimension but the batch), so that a mismatch is found here, not mid-call."""
+
+    def shapes(tensors, skip=()):
+        return {t.name: [d if isinstance(d, int) else "batch" for d in t.shape] for t in tensors if t.name not in skip}
+
+    want = {t["name"]: t["shape"] for t in spec["inputs"] + spec["outputs"]}
+    got = {**shapes(session.get_inputs(), skip=set(extra or {})), **shapes(session.get_outputs())}
+    if got != want:
+        raise EngineFolderError(
+            f"{path} takes and gives {got}, its manifest says {want}: the engine folder does not hold what its "
+            "manifest describes; rebuild the folder with `cmrt build`"
+        )
 
 
 def _first_line(e: BaseException) -> str:
@@ -227,7 +281,8 @@ def _open_tensorrt(manifest: Manifest, sel: Selection, trt_options, use_cuda_gra
 
     if sel.engine_action in ("build", "rebuild"):
         logger.warning("%s: %s; building its TensorRT engine now (once; it is stored in the folder)", manifest.folder, sel.engine_reason)
-        _build("tensorrt", manifest.folder, trt_options)
+        # the options the selection judged the folder's engine by (folder_engine_decision): a rebuild keeps its precision
+        _build("tensorrt", manifest.folder, trt_options or TensorRTOptions(precision=(manifest.tensorrt or {}).get("precision", "fp16")))
         manifest = read_manifest(manifest.folder, verify=True)
     entry = manifest.tensorrt
     if not entry:
@@ -243,12 +298,23 @@ def _open_tensorrt(manifest: Manifest, sel: Selection, trt_options, use_cuda_gra
 
 
 def generate(model_or_engine_dir: str | os.PathLike, backend: str = "auto", device: str = "auto", **kwargs):
-    """One call: load (cached per process) and generate; kwargs go to `Pipeline.__call__`."""
+    """One call: load (cached per process) and generate; kwargs go to `Pipeline.__call__`.
+
+    Safe to call from many threads: a cache entry is loaded once, by the first caller,
+    while the others wait for it (entries of different models load side by side).
+    """
     key = (os.fspath(model_or_engine_dir), backend, device)
     pipe = _PIPELINES.get(key)
     if pipe is None:
-        pipe = _PIPELINES[key] = load(model_or_engine_dir, backend=backend, device=device)
+        with _PIPELINES_GUARD:
+            key_lock = _LOADING.setdefault(key, threading.Lock())
+        with key_lock:
+            pipe = _PIPELINES.get(key)
+            if pipe is None:  # the first caller; a failed load leaves no entry, so the next caller tries again
+                pipe = _PIPELINES[key] = load(model_or_engine_dir, backend=backend, device=device)
     return pipe(**kwargs)
 
 
 _PIPELINES: dict[tuple[str, str, str], Pipeline] = {}
+_LOADING: dict[tuple[str, str, str], threading.Lock] = {}  # one lock per cache entry, held while it loads
+_PIPELINES_GUARD = threading.Lock()  # guards _LOADING

@@ -258,7 +258,7 @@ def write_repository(
             shutil.copy2(engine_dir / MANIFEST_NAME, version / "engine" / MANIFEST_NAME)
             uv = stage / UNET_MODEL_NAME / "1"
             uv.mkdir(parents=True)
-            entry = manifest.data["onnx"][precision]
+            entry = manifest.onnx_entry(precision)
             shutil.copy2(engine_dir / entry["file"], uv / "model.onnx")
             ext = entry.get("external_data")
             for name in ([ext] if isinstance(ext, str) else ext or []):

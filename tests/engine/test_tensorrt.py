@@ -285,18 +285,20 @@ def test_a_folder_built_before_latency_profiles_is_rebuilt_on_load(old_folder, m
 
 
 def test_a_folder_built_before_latency_profiles_that_cannot_be_rebuilt_still_loads(old_folder, monkeypatch, caplog):
-    """Its fp16 engine needs the fp16 ONNX to be rebuilt, which the folder lacks: auto falls back to
-    ONNX Runtime, naming the reason, and an explicit TensorRT request says why it cannot be served."""
+    """Its rebuild fails here (the new engine does not validate): auto says why it rebuilds, then
+    falls back to ONNX Runtime; an explicit TensorRT request gets the build's error."""
     import cmrt
 
-    add_fake_engine(old_folder, precision="fp16", before_profiles=True)
+    add_fake_engine(old_folder, precision="fp32", before_profiles=True)
     patch_env(monkeypatch, gpu_env(H100))
     fake = FakeTensorRT(monkeypatch)
+    fake.validate_error = EngineValidationError("TensorRT differs from ONNX Runtime fp32 by 0.3 (max abs)")
     with caplog.at_level(logging.WARNING, logger="cmrt"):
         pipe = cmrt.load(old_folder)
-    assert (pipe.backend.name, pipe.backend.device) == ("onnxruntime", "cpu") and fake.builds == 0
-    warned = [r.getMessage() for r in caplog.records if "not used" in r.getMessage()]
-    assert len(warned) == 1 and "built before latency profiles" in warned[0] and "no fp16 ONNX model" in warned[0]
+    messages = [r.getMessage() for r in caplog.records]
+    assert (pipe.backend.name, pipe.backend.device) == ("onnxruntime", "cpu") and fake.builds == 1, messages
+    assert any("built before latency profiles" in m for m in messages), messages
+    assert any("TensorRT could not be used" in m and "differs from ONNX Runtime" in m for m in messages), messages
     assert pipe(batch_size=2, seed=1, output_type="np").images.shape == (2, 16, 16, 3)
-    with pytest.raises(BackendUnavailableError, match="built before latency profiles.*cannot be \\(re\\)built here"):
+    with pytest.raises(EngineValidationError, match="differs from ONNX Runtime"):
         cmrt.load(old_folder, backend="tensorrt")

@@ -77,8 +77,7 @@ def add_fake_engine(folder: Path, platform: Platform = H100, precision: str = "f
                     before_profiles: bool = False) -> dict:
     """Write a (fake) plan file and a well-formed tensorrt entry into `folder`'s manifest;
     `before_profiles`: the entry a cmrt before latency profiles wrote (`format1_entry`)."""
-    from cmrt.engine.atomic import write_json_atomic
-    from cmrt.engine.manifest import file_record
+    from cmrt.engine.manifest import file_record, write_manifest
 
     data = json.loads((folder / "manifest.json").read_text())
     options = options or TensorRTOptions(precision=precision)
@@ -96,7 +95,7 @@ def add_fake_engine(folder: Path, platform: Platform = H100, precision: str = "f
         entry = format1_entry(entry, name)
     data["tensorrt"] = entry
     data["files"][name] = file_record(folder, name)
-    write_json_atomic(folder / "manifest.json", data)
+    write_manifest(folder, data)
     return entry
 
 

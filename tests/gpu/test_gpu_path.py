@@ -225,21 +225,21 @@ def test_second_build_is_a_cache_hit(engines):
 
 def test_stale_engine_is_rebuilt_on_load_never_deserialized(engines, tmp_path):
     import cmrt
-    from cmrt.engine.atomic import write_json_atomic
+    from cmrt.engine.manifest import write_manifest  # a sealed rewrite: what another build would have left
 
     folder = tmp_path / "copy"
     shutil.copytree(engines["tiny"], folder)
     data = json.loads((folder / "manifest.json").read_text())
     real_gpu = data["tensorrt"]["gpu"]["name"]
     data["tensorrt"]["gpu"] = {"name": "Some Other GPU", "compute_capability": "7.5"}
-    write_json_atomic(folder / "manifest.json", data)
+    write_manifest(folder, data)
     pipe = cmrt.load(folder, backend="tensorrt")
     assert pipe.manifest.data["tensorrt"]["gpu"]["name"] == real_gpu
     assert pipe(batch_size=2, seed=0, output_type="np").images.shape[0] == 2
     # a TensorRT version that is not this one is rebuilt too
     data = json.loads((folder / "manifest.json").read_text())
     data["tensorrt"]["tensorrt_version"] = "10.0.0.0"
-    write_json_atomic(folder / "manifest.json", data)
+    write_manifest(folder, data)
     pipe = cmrt.load(folder)  # auto on this GPU: TensorRT, rebuilt
     assert pipe.backend.name == "tensorrt" and pipe.manifest.data["tensorrt"]["tensorrt_version"] != "10.0.0.0"
 

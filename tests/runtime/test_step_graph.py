@@ -102,7 +102,7 @@ def test_step_graph_requests_that_cannot_be_served_say_why(small_models, tmp_pat
 
 
 def test_a_folder_without_a_step_graph_loads_and_says_how_to_get_one(small_models, tmp_path):
-    from cmrt.engine.atomic import write_json_atomic
+    from cmrt.engine.manifest import write_manifest
 
     folder = tmp_path / "old"
     shutil.copytree(small_models["cond"][1], folder)
@@ -110,7 +110,7 @@ def test_a_folder_without_a_step_graph_loads_and_says_how_to_get_one(small_model
     step = data["onnx"]["fp32"].pop("step")
     del data["files"][step["file"]]
     (folder / step["file"]).unlink()
-    write_json_atomic(folder / "manifest.json", data)
+    write_manifest(folder, data)
     assert not cmrt.load(folder, device="cpu").step_graph  # the default never needs one
     with pytest.raises(EngineFolderError, match=r"no step graph of its fp32 graph .*rebuild it with `cmrt build`, or load it with step_graph=False"):
         cmrt.load(folder, device="cpu", step_graph=True)

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ...engine.errors import EngineFolderError
 from ...engine.io_spec import (
     CLASS_LABELS,
     INPUT_NAMES,
@@ -79,7 +80,10 @@ class OnnxRuntimeBackend:
         known = STEP_INPUT_NAMES if self.step_graph else INPUT_NAMES
         missing = [n for n in self.input_names if n not in known and n not in self.extra_inputs]
         if missing:
-            raise ValueError(f"{onnx_path} needs inputs {missing[:3]}{'...' if len(missing) > 3 else ''} that were not given")
+            raise EngineFolderError(
+                f"{onnx_path} needs inputs {missing[:3]}{'...' if len(missing) > 3 else ''} that its engine folder "
+                "does not provide; rebuild the folder with `cmrt build`"
+            )
         self.conditional = CLASS_LABELS in self.input_names
         self.output_name = OUTPUT if self.step_graph else self.session.get_outputs()[0].name
         self._unet_only = np.array([UNET_ONLY_COEFS[n] for n in STEP_COEF_ORDER], dtype=np.float32)

@@ -61,7 +61,7 @@ class TritonPythonModel:
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         self.logger = pb_utils.Logger
         import cmrt
-        from cmrt.engine.manifest import MANIFEST_NAME, Manifest, read_manifest
+        from cmrt.engine.manifest import parse_manifest
         from cmrt.runtime.pipeline import Pipeline
         from cmrt.serve.handler import INPUTS, Handler, RequestError, ServeSettings
 
@@ -92,8 +92,8 @@ class TritonPythonModel:
             )
         elif mode == "triton":
             warmed = ""  # Triton warms up cmrt_unet itself (its config's model_warmup)
-            with open(os.path.join(engine, MANIFEST_NAME)) as f:
-                manifest = Manifest(folder=__import__("pathlib").Path(engine), data=json.load(f))
+            # the folder holds the manifest only (the graph is cmrt_unet's): its own checks, no files
+            manifest = parse_manifest(engine)
             precision = params.get("precision") or manifest.precisions[0]
             pipe = Pipeline(manifest, TritonUnet(params.get("unet_model", "cmrt_unet"), manifest.io_spec(precision)))
         else:
