@@ -25,7 +25,7 @@ from ..engine.paths import default_engine_dir
 logger = logging.getLogger(__name__)
 
 # Bump when the exported graph changes for the same source and options.
-EXPORT_RECIPE = 3  # 2: fp32 weights in a separate file, shared with the Winograd CPU graph; 3: its filters as inputs
+EXPORT_RECIPE = 4  # 2: fp32 weights in a separate file, shared with the Winograd CPU graph; 3: its filters as inputs; 4: those filters stored
 
 
 def build_key(source_record: dict[str, Any], options: BuildOptions) -> str:
@@ -165,7 +165,8 @@ def _build_onnx_folder(
             if cpu_variant and precision == "fp32":
                 bar.set_postfix_str("winograd fp32")
                 entry["winograd"] = add_winograd_graph(stage, entry, unet, options.winograd, loaded.scheduler_config)
-                files += [entry["winograd"]["file"]] if entry["winograd"]["used"] else []
+                wino = entry["winograd"]
+                files += [wino["file"], wino["filters_file"]] if wino["used"] else []
                 bar.update()
             onnx_entries[precision] = entry
         manifest = {

@@ -3,19 +3,31 @@
 The runtime reads only this JSON file and the files it lists; it never needs torch or the
 original checkpoint. Every file carries a SHA-256 so that a truncated copy or a hand-edited
 ONNX file is refused with a clear message instead of producing wrong images.
+
+Hashing a folder means reading every byte of it (over a GB on the real architectures), so it
+can run in the background (`start_verification`) while the backend opens, and be joined
+before the first image: `cmrt.load` returns only after the join, and a file that does not
+match raises there, with the same message as `read_manifest(verify=True)`.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import EngineFolderError
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST_NAME", "EngineFolderError", "Manifest", "file_record", "read_manifest", "sha256_file"]
+__all__ = [
+    "FORMAT", "FORMAT_VERSION", "MANIFEST_NAME", "EngineFolderError", "Manifest", "Verification", "file_record",
+    "read_manifest", "sha256_file", "start_verification",
+]
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "cmrt-engine"
@@ -24,24 +36,103 @@ FORMAT_VERSION = 1
 _HASH_CACHE: dict[tuple[str, int, int], str] = {}
 
 
+def _sha256_of(path: Path) -> str:
+    """SHA-256 of a file's bytes, read through one read-only mapping.
+
+    One `update` over the whole mapping: no copy into Python buffers, and hashlib holds the
+    GIL only around the call, so a background hash runs beside the main thread's work (an
+    ONNX Runtime session being created) instead of waiting for it between chunks.
+    """
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return h.hexdigest()
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            view = memoryview(m)
+            try:
+                h.update(view)
+            finally:
+                view.release()
+    return h.hexdigest()
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    """SHA-256 of a file, remembered per (path, size, mtime) so repeated loads in one process are free."""
+    """SHA-256 of a file, remembered per (path, size, mtime) so repeated loads in one process are free.
+
+    (`chunk` is accepted for callers of the earlier, chunked reader; the file is mapped whole.)
+    """
     path = Path(path)
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     cached = _HASH_CACHE.get(key)
     if cached is not None:
         return cached
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    digest = h.hexdigest()
+    digest = _sha256_of(path)
     _HASH_CACHE[key] = digest
     return digest
+
+
+def hashing_threads() -> int:
+    """Files hashed at once: one per core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class Verification:
+    """SHA-256 of a set of files, computed on background threads; `join` waits and says what failed.
+
+    `checks` are (path, expected sha256, message if it differs). Biggest files start first, one
+    thread per core, so the join waits for the largest file at most.
+    """
+
+    def __init__(self, checks: list[tuple[Path, str, str]]):
+        self.checks = sorted(checks, key=lambda c: -c[0].stat().st_size)
+        self.started = time.perf_counter()
+        self.finished: float | None = None
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=min(len(checks), hashing_threads()) or 1, thread_name_prefix="cmrt-verify")
+        self._futures = [self._pool.submit(self._check, c) for c in self.checks]
+        self._pool.shutdown(wait=False)
+
+    def _check(self, check: tuple[Path, str, str]) -> str | None:
+        path, want, message = check
+        wrong = None if sha256_file(path) == want else message
+        with self._lock:
+            self.finished = time.perf_counter()
+        return wrong
+
+    def failures(self) -> list[str]:
+        """Wait for every hash; the messages of the files that do not match, in `checks` order."""
+        return [m for m in (f.result() for f in self._futures) if m]
+
+    def join(self) -> float:
+        """Wait for every hash and raise EngineFolderError for the first file that does not match.
+        Returns the seconds spent waiting here (0 when the hashing had finished already)."""
+        t0 = time.perf_counter()
+        wrong = self.failures()
+        if wrong:
+            raise EngineFolderError(wrong[0])
+        return time.perf_counter() - t0
+
+    @property
+    def seconds(self) -> float | None:
+        """Wall time from the start to the last hash finished (None before the join)."""
+        return None if self.finished is None else self.finished - self.started
+
+
+def _checksum_message(p: Path) -> str:
+    return (
+        f"{p} does not match its checksum in {MANIFEST_NAME}: the file was modified after the build; "
+        "rebuild with `cmrt build`"
+    )
+
+
+def start_verification(manifest: "Manifest") -> Verification:
+    """Start hashing every file of `manifest` (read with `verify=False`: sizes already checked)."""
+    folder = manifest.folder
+    return Verification([(folder / name, rec["sha256"], _checksum_message(folder / name)) for name, rec in manifest.files.items()])
 
 
 def file_record(folder: Path, name: str) -> dict[str, Any]:
@@ -165,7 +256,8 @@ _REQUIRED = ("format", "format_version", "source", "unet", "scheduler", "build_o
 
 
 def read_manifest(folder: str | os.PathLike, verify: bool = True) -> Manifest:
-    """Read and check an engine folder. `verify` re-hashes every listed file (cached per process)."""
+    """Read and check an engine folder. `verify` re-hashes every listed file (cached per process);
+    without it, only presence and sizes are checked (`start_verification` hashes later)."""
     folder = Path(folder)
     if not folder.exists():
         raise EngineFolderError(
@@ -198,9 +290,7 @@ def read_manifest(folder: str | os.PathLike, verify: bool = True) -> Manifest:
                 f"{p} has {size} bytes, the manifest says {rec['bytes']}: the file was changed or truncated; "
                 "rebuild with `cmrt build`"
             )
-        if verify and sha256_file(p) != rec["sha256"]:
-            raise EngineFolderError(
-                f"{p} does not match its checksum in {MANIFEST_NAME}: the file was modified after the build; "
-                "rebuild with `cmrt build`"
-            )
-    return Manifest(folder=folder, data=data)
+    manifest = Manifest(folder=folder, data=data)
+    if verify:
+        start_verification(manifest).join()
+    return manifest

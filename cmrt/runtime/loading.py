@@ -6,13 +6,16 @@ engine must be (re)built for this GPU. Loading a built folder never imports it.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import time
 from pathlib import Path
 
 from ..engine.errors import BackendUnavailableError
 from ..engine.io_spec import PRECISIONS
-from ..engine.manifest import MANIFEST_NAME, Manifest, read_manifest
+from ..engine.manifest import MANIFEST_NAME, Manifest, read_manifest, start_verification
 from ..engine.models import is_diffusers_folder, resolve_model
 from ..engine.paths import default_engine_dir
 from ..engine.tensorrt import TensorRTOptions
@@ -88,6 +91,12 @@ def load(
     `model_or_engine_dir` is an engine folder written by `cmrt build`, or a model name / hub
     id / diffusers folder, whose default engine folder (`$CMRT_ENGINE_DIR`, default
     ./engines) is used or built.
+
+    The folder's files are hashed on background threads while the backend opens, and joined
+    before this returns: a file that does not match its checksum raises EngineFolderError here,
+    before any image. The returned Pipeline's `load_seconds` says where the load went
+    (manifest, backend import, weights, session, the wait for the verification, and the
+    verification's own wall time).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -95,10 +104,34 @@ def load(
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     if not isinstance(model_or_engine_dir, (str, os.PathLike)):
         raise TypeError(f"model_or_engine_dir must be a path or model name, got {type(model_or_engine_dir).__name__}")
+    t0 = time.perf_counter()
     folder = find_engine_folder(model_or_engine_dir)
-    manifest = read_manifest(folder, verify=verify)
-    manifest, engine = open_backend(manifest, backend, device, precision, threads, use_cuda_graph, winograd)
-    return Pipeline(manifest, engine)
+    manifest = read_manifest(folder, verify=False)  # presence and sizes; the hashes run beside the backend's opening
+    verification = start_verification(manifest) if verify else None
+    times = {"manifest": time.perf_counter() - t0}
+    try:
+        manifest, engine = open_backend(manifest, backend, device, precision, threads, use_cuda_graph, winograd, times)
+    finally:
+        t1 = time.perf_counter()
+        if verification is not None:
+            verification.join()  # raises for a file that does not match, before any image
+        times["verification_wait"] = time.perf_counter() - t1
+    if hasattr(engine, "check_cache"):
+        engine.check_cache()
+    times["verification"] = verification.seconds if verification is not None else 0.0
+    times["total"] = time.perf_counter() - t0
+    pipe = Pipeline(manifest, engine)
+    pipe.load_seconds = times
+    logger.info("loaded %s in %.2f s (%s)", folder, times["total"], ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
+    return pipe
+
+
+def graph_id(manifest: Manifest, path: Path) -> str:
+    """A digest of the files an fp32 CPU graph reads (itself and the fp32 weight file), from the
+    manifest's checksums: what ONNX Runtime's optimized-graph cache is keyed by."""
+    names = sorted({path.name, manifest.data["onnx"].get("fp32", {}).get("external_data")} - {None})
+    records = {n: manifest.files[n]["sha256"] for n in names if n in manifest.files}
+    return hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()
 
 
 def open_backend(
@@ -109,10 +142,14 @@ def open_backend(
     threads: int | None = None,
     use_cuda_graph: bool = True,
     winograd: bool | None = None,
+    times: dict[str, float] | None = None,
 ):
     """Select (see `backends.selection`) and construct the backend; returns (manifest, backend).
 
     The manifest is returned too because a TensorRT engine built or rebuilt here rewrites it.
+    `times`, when given, receives the seconds of the ONNX Runtime CPU path's parts: the backend
+    import, the Winograd filters ("weights": mapped from the folder, or computed for a folder
+    built before they were stored) and the session.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -145,15 +182,22 @@ def open_backend(
             manifest.onnx_path(prec), use_cuda_graph=use_cuda_graph, min_batch=manifest.min_batch, max_batch=manifest.max_batch
         )
     else:
-        from .backends.onnxruntime_backend import OnnxRuntimeBackend
+        times = {} if times is None else times
+        t0 = time.perf_counter()
+        from .backends.onnxruntime_backend import OnnxRuntimeBackend, import_onnxruntime
 
+        import_onnxruntime()  # timed apart: the import is part of every cold start
+
+        t1 = time.perf_counter()
         path, wino = manifest.cpu_graph(prec, winograd)
         extra = None
         if wino and wino.get("filters"):
-            from ..engine.winograd import filters_from_weight_file
+            from ..engine.winograd import winograd_filters
 
-            extra = filters_from_weight_file(manifest.folder, wino)
-        engine = OnnxRuntimeBackend(path, threads=threads, extra_inputs=extra)
+            extra = winograd_filters(manifest.folder, wino)
+        t2 = time.perf_counter()
+        engine = OnnxRuntimeBackend(path, threads=threads, extra_inputs=extra, graph_id=graph_id(manifest, path))
+        times.update(backend_import=t1 - t0, weights=t2 - t1, session=time.perf_counter() - t2)
     return manifest, engine
 
 

@@ -19,7 +19,8 @@ def test_manifest_has_what_the_runtime_needs(small_models):
     assert [i["name"] for i in e["inputs"]] == ["sample", "timestep", "class_labels"]
     assert [i["dtype"] for i in e["inputs"]] == ["float32", "float32", "int64"]
     assert e["validation"]["max_abs_error"] < 1e-4 and e["validation"]["batch_sizes"] == [1, 2]
-    graphs = {"unet.fp32.onnx", e["external_data"]} | ({e["winograd"]["file"]} if e["winograd"]["used"] else set())
+    wino = e["winograd"]
+    graphs = {"unet.fp32.onnx", e["external_data"]} | ({wino["file"], wino["filters_file"]} if wino["used"] else set())
     assert e["external_data"] == "unet.fp32.onnx.data" and set(d["files"]) == graphs
     assert all(len(rec["sha256"]) == 64 for rec in d["files"].values())
     assert {"torch", "diffusers", "onnx", "cmrt"} <= set(d["tools"])
