@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mmap
 import os
 import threading
 import time
@@ -36,30 +35,30 @@ FORMAT_VERSION = 1
 _HASH_CACHE: dict[tuple[str, int, int], str] = {}
 
 
-def _sha256_of(path: Path) -> str:
-    """SHA-256 of a file's bytes, read through one read-only mapping.
+HASH_BLOCK = 1 << 24
 
-    One `update` over the whole mapping: no copy into Python buffers, and hashlib holds the
-    GIL only around the call, so a background hash runs beside the main thread's work (an
-    ONNX Runtime session being created) instead of waiting for it between chunks.
+
+def _sha256_of(path: Path, block: int = HASH_BLOCK) -> str:
+    """SHA-256 of a file's bytes, read into one reused buffer.
+
+    Not through a memory mapping: mapped pages count in the process's resident memory while
+    mapped, so hashing a 1 GB file that way would raise the load's peak RSS by 1 GB. hashlib
+    and the reads release the GIL, so a background hash runs beside the main thread's work
+    (ONNX Runtime releases it while it creates a session).
     """
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
-            return h.hexdigest()
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            view = memoryview(m)
-            try:
-                h.update(view)
-            finally:
-                view.release()
+    buf = bytearray(block)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
     return h.hexdigest()
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+def sha256_file(path: str | os.PathLike, chunk: int = HASH_BLOCK) -> str:
     """SHA-256 of a file, remembered per (path, size, mtime) so repeated loads in one process are free.
 
-    (`chunk` is accepted for callers of the earlier, chunked reader; the file is mapped whole.)
+    `chunk`: bytes read at a time.
     """
     path = Path(path)
     st = path.stat()
@@ -67,7 +66,7 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     cached = _HASH_CACHE.get(key)
     if cached is not None:
         return cached
-    digest = _sha256_of(path)
+    digest = _sha256_of(path, chunk)
     _HASH_CACHE[key] = digest
     return digest
 
