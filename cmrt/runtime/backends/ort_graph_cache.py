@@ -12,7 +12,8 @@ An entry is never trusted:
 - the key covers the SHA-256 of every file the graph reads (from the engine folder's
   manifest, itself verified before the first image), the ONNX Runtime version, the CPU's
   features and every session option that shapes the graph, so any change makes a new entry;
-- the entry's record gives the size and SHA-256 of its files, written with them; sizes are
+- the entry's record gives the size and digests (SHA-256, and BLAKE3 where installed) of its
+  files, written with them; sizes are
   checked before it is opened and the hashes in the background, joined (`Entry.check`) before
   the first image. An entry that fails is deleted and the session reopened from the exported graph;
 - it is written in a staging folder renamed into place whole (`cmrt.engine.atomic.staging_dir`),
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ...engine.atomic import staging_dir, write_json_atomic
-from ...engine.manifest import Verification, sha256_file
+from ...engine.manifest import Verification, file_digests
 from ...engine.paths import cache_root
 
 logger = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ def find(key: str) -> Entry | None:
         logger.warning("ONNX Runtime graph cache entry %s is unusable (%s); rebuilding it", folder, e)
         discard(folder)
         return None
-    checks = [(folder / name, rec["sha256"], f"{folder / name} does not match its recorded SHA-256") for name, rec in files.items()]
+    checks = [(folder / name, rec, f"{folder / name} does not match its recorded digest") for name, rec in files.items()]
     return Entry(folder, Verification(checks))
 
 
@@ -138,7 +139,7 @@ def write(key: str, create_session) -> Any:
                 p = stage / name
                 if not p.is_file():
                     raise FileNotFoundError(f"ONNX Runtime did not write {name}")
-                files[name] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+                files[name] = {"bytes": p.stat().st_size, **file_digests(p)}
             write_json_atomic(stage / RECORD_NAME, {"format": CACHE_FORMAT, "key": key, "files": files})
         logger.info("cached ONNX Runtime's optimized graph in %s", target)
         return session
