@@ -134,3 +134,16 @@ def test_a_folder_built_before_filters_were_stored_still_loads(winograd_folder, 
     old = cmrt.load(engine, device="cpu")
     assert old.backend.cache == "hit"  # same graph and weights: the same cache entry
     np.testing.assert_array_equal(old(**KW).images, want)
+
+
+def test_records_carry_blake3_and_without_the_package_sha256_is_checked(winograd_folder, tmp_path, cache, monkeypatch):
+    pytest.importorskip("blake3")
+    from cmrt.engine import manifest as manifest_module
+
+    assert all(len(rec["blake3"]) == 64 and len(rec["sha256"]) == 64 for rec in read_manifest(winograd_folder).files.values())
+    monkeypatch.setattr(manifest_module, "_blake3", lambda: None)  # a machine without the package
+    engine = copy_of(winograd_folder, tmp_path)
+    cmrt.load(engine, device="cpu")
+    flip_middle_byte(engine / "unet.fp32.onnx.data")
+    with pytest.raises(EngineFolderError, match="does not match its checksum"):
+        cmrt.load(engine, device="cpu")
