@@ -115,10 +115,10 @@ def load(
         t1 = time.perf_counter()
         if verification is not None:
             verification.join()  # raises for a file that does not match, before any image
-        times["verification_wait"] = time.perf_counter() - t1
     finish = getattr(engine, "check_cache", None)  # ONNX Runtime CPU: join its graph cache's check too
     if finish is not None:
         finish()
+    times["verification_wait"] = time.perf_counter() - t1
     times["verification"] = verification.seconds if verification is not None else 0.0
     times["total"] = time.perf_counter() - t0
     pipe = Pipeline(manifest, engine)
