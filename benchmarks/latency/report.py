@@ -108,24 +108,59 @@ def markdown(result: dict, plot_name: str | None) -> str:
                "| system | batch | steps | interleaved: UNet / outside | back-to-back: UNet / outside |", "|---|---|---|---|---|"]
         md += [f"| {r['system']} | {r['batch']} | {r['steps']} | {fmt(i)} | {fmt(b)} |" for r, i, b in timed]
     if result.get("cold_start"):
-        md += ["", "## Cold start (new process, batch 1, 1 step)", "",
-               "| system | interpreter s | import s | load s | first call s | process to first image s | peak RSS MB (batch) |",
-               "|---|---|---|---|---|---|---|"]
-        for name, c in result["cold_start"].items():
-            if "error" in c:
-                md.append(f"| {name} | failed: {c['error']} |||||")
-                continue
-            md.append(f"| {name} | {c['interpreter_s']:.2f} | {c['import_s']:.2f} | {c['load_s']:.2f} | "
-                      f"{c['first_call_s']:.2f} | {c['process_to_first_image_s']:.2f} | "
-                      f"{c['peak_rss_bytes'] / 2**20:.0f} ({c['peak_rss_batch']}) |")
-        ratio = result.get("import_load_speedup")
-        if ratio:
-            md.append(f"\nimport + load: cmrt is {ratio:.1f}x faster than diffusers (import torch/diffusers + from_pretrained).")
+        md += cold_start_markdown(result["cold_start"], result.get("import_load_speedup"))
     if result.get("notes"):
         md += ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]
     if plot_name:
         md += ["", f"![latency]({plot_name})"]
     return "\n".join(md) + "\n"
+
+
+LOAD_PARTS = (  # cmrt.load's parts (`Pipeline.load_seconds`), in the order they happen
+    ("manifest", "manifest"),
+    ("backend_import", "backend import"),
+    ("weights", "weights (Winograd filters)"),
+    ("session", "session"),
+    ("verification_wait", "verification wait"),
+)
+
+
+def cold_start_markdown(cold: dict, ratio: float | None) -> list[str]:
+    """The cold-start table: medians over new processes, with cmrt.load's parts."""
+    systems = {k: v for k, v in cold.items() if k != "first_load_after_build"}
+    n = max((c.get("n", 1) for c in systems.values() if "error" not in c), default=1)
+    md = ["", f"## Cold start (new processes, medians of {n}, systems alternated; first image at batch 1, 1 step)", "",
+          "| system | interpreter s | import s | load s | " + " | ".join(f"{label} s" for _, label in LOAD_PARTS)
+          + " | verification (background) s | first image s | process to first image s | peak RSS MB: first image / batch |",
+          "|---|" + "---|" * (len(LOAD_PARTS) + 8)]
+    for name, c in systems.items():
+        if "error" in c:
+            md.append(f"| {name} | failed: {c['error']} |" + "|" * (len(LOAD_PARTS) + 7))
+            continue
+        parts = c.get("parts_s") or {}
+        if "initialize" in parts:  # the Triton model: its initialize's parts, then cmrt.load's inside it
+            parts = {k[5:]: v for k, v in parts.items() if k.startswith("load.")} | {"verification": parts.get("load.verification")}
+        cells = [f"{parts[k]:.2f}" if parts.get(k) is not None else "-" for k, _ in LOAD_PARTS]
+        ver = parts.get("verification")
+        md.append(f"| {name} | {c['interpreter_s']:.2f} | {c['import_s']:.2f} | {c['load_s']:.2f} | " + " | ".join(cells)
+                  + f" | {'-' if ver is None else f'{ver:.2f}'} | {c['first_call_s']:.2f} | {c['process_to_first_image_s']:.2f} | "
+                  f"{c.get('peak_rss_first_image_bytes', float('nan')) / 2**20:.0f} / {c['peak_rss_bytes'] / 2**20:.0f} ({c['peak_rss_batch']}) |")
+    c, d = systems.get("cmrt onnxruntime cpu", {}), systems.get("diffusers eager fp32", {})
+    if ratio and "error" not in c and "error" not in d:
+        md.append("")
+        md.append(f"- import + load: cmrt {ratio:.1f}x faster than diffusers (import torch/diffusers + `from_pretrained`); "
+                  f"process to first image {d['process_to_first_image_s'] / c['process_to_first_image_s']:.1f}x; "
+                  f"peak RSS {c['peak_rss_bytes'] / d['peak_rss_bytes']:.2f}x diffusers'.")
+    md.append("- cmrt's load: `manifest` reads it and checks sizes; the folder's SHA-256 verification runs on background "
+              "threads meanwhile (its wall time in the verification column) and `verification wait` is what `cmrt.load` "
+              "still waited for it before returning. The Triton row is the model's `initialize` (import column: the "
+              "template's cmrt imports; load: the rest of initialize), called in a new process with a stand-in for "
+              "Triton's `triton_python_backend_utils`.")
+    first = cold.get("first_load_after_build")
+    if first and "error" not in first:
+        md.append(f"- the first cmrt process of the run (untimed above; graph cache: {first.get('graph_cache')}): "
+                  f"import + load {first['import_s'] + first['load_s']:.2f} s.")
+    return md
 
 
 def plot(result: dict, path: Path) -> bool:

@@ -3,9 +3,11 @@
 Why a second graph rather than rewriting the first: GPU backends (TensorRT, ONNX Runtime
 CUDA) pick their own convolution algorithms and must see plain Convs, and OpenVINO fuses
 plain Convs best. Only ONNX Runtime on the CPU, which has no fast-convolution algorithm
-of its own, gets this graph. It holds no weights: its transformed filters are graph inputs
-that the runtime computes from the fp32 export's weight file (the manifest says where each
-3x3 filter lies in it), so the folder does not grow by another copy of the model.
+of its own, gets this graph. It holds no weights: its transformed filters are graph inputs.
+The build computes them once from the fp32 export's weight file (the manifest says where each
+3x3 filter lies in it) and stores them beside it, page-aligned, in their own file, which the
+runtime memory-maps: a load computes nothing and copies nothing, and the 3x3 weights they
+replace are never loaded by the Winograd graph (cmrt/engine/winograd.py).
 
 Whether Winograd pays depends on the model and the machine: on wide layers it does fewer
 multiplications than the direct kernel, on a 16x16 model with 32-64 channels the transforms
@@ -26,11 +28,12 @@ import numpy as np
 
 from ..engine.atomic import write_bytes_atomic
 from ..engine.io_spec import CLASS_LABELS, SAMPLE, TIMESTEP
-from ..engine.winograd import filters_from_weight_file
+from ..engine.winograd import mapped_filters, write_filters
 
 logger = logging.getLogger(__name__)
 
 WINOGRAD_FILE = "unet.fp32.winograd.onnx"
+FILTERS_FILE = "unet.fp32.winograd.filters"  # float32 [36, K, C] per rewritten Conv, page-aligned
 # Keep the Winograd graph in "auto" mode only when its median is at least this much faster.
 MIN_GAIN = 0.05
 TIMING_BUDGET_S = 2.0
@@ -132,7 +135,8 @@ def add_winograd_graph(stage: Path, fp32_entry: dict[str, Any], unet, mode: str,
     write_bytes_atomic(path, model.SerializeToString())
     del model
     onnx.checker.check_model(str(path))
-    filters = filters_from_weight_file(stage, record)
+    write_filters(stage, record, FILTERS_FILE)
+    filters = mapped_filters(stage, record)  # validated and timed as the runtime will feed them
     record["validation"] = validate_onnx(unet, path, "fp32", scheduler, extra_feeds=filters)
     if mode == "always":
         record.update(used=True, reason="--winograd always")
@@ -154,6 +158,7 @@ def add_winograd_graph(stage: Path, fp32_entry: dict[str, Any], unet, mode: str,
         record.update(used=True, reason=f"the Winograd graph measured {plain_ms / wino_ms:.2f}x the plain graph's speed at batch 1")
     else:
         path.unlink()
+        (stage / FILTERS_FILE).unlink()
         record.update(
             used=False,
             reason=f"the Winograd graph measured {plain_ms / wino_ms:.2f}x the plain graph's speed at batch 1 "

@@ -28,8 +28,9 @@ logger = logging.getLogger(__name__)
 
 # Bump when the exported graph changes for the same source and options.
 # 2: fp32 weights in a separate file, shared with the Winograd CPU graph; 3: its filters as inputs;
-# 4: a step graph beside every graph, sharing its weight file (fp16 weights in a separate file too)
-EXPORT_RECIPE = 4
+# 4: a step graph beside every graph, sharing its weight file (fp16 weights in a separate file too);
+# 5: the Winograd graph's transformed filters stored in the folder
+EXPORT_RECIPE = 5
 
 
 def build_key(source_record: dict[str, Any], options: BuildOptions) -> str:
@@ -186,7 +187,7 @@ def _export_folder(source: ModelSource, out: Path, options: BuildOptions, key: s
                 wino = entry["winograd"] = add_winograd_graph(stage, entry, unet, options.winograd, loaded.scheduler_config)
                 if wino["used"]:
                     wino["step"] = add_winograd_step_graph(stage, wino, unet_facts, loaded.scheduler_config)
-                    files += [wino["file"], wino["step"]["file"]]
+                    files += [wino["file"], wino["filters_file"], wino["step"]["file"]]
                 bar.update()
             onnx_entries[precision] = entry
         manifest = {

@@ -15,13 +15,25 @@ original checkpoint. A folder is untrusted data, so reading one checks, in this 
 who rewrites the manifest and its digest together: such a folder still passes only the
 schema and the containment checks, which keep the runtime inside the folder and its reads
 typed and bounded.
+
+Hashing a folder means reading every byte of it (over a GB on the real architectures), so it
+can run in the background (`start_verification`) while the backend opens, and be joined
+before the first image: `cmrt.load` returns only after the join, and a file that does not
+match raises there, with the same message as `read_manifest(verify=True)`.
+
+Where the `blake3` package is installed, builds also record each file's BLAKE3, and a load
+checks that instead of the SHA-256: another cryptographic hash, several times faster on one
+core and multi-threaded on big files. Folders without it, and machines without the package,
+are checked by SHA-256.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +42,9 @@ from .errors import EngineFolderError
 from .manifest_schema import SchemaError, check_manifest_data
 
 __all__ = [
-    "DIGEST_KEY", "FORMAT", "FORMAT_VERSION", "MANIFEST_NAME", "EngineFolderError", "Manifest", "check_files",
-    "file_record", "manifest_digest", "parse_manifest", "read_manifest", "sha256_file", "write_manifest",
+    "DIGEST_KEY", "FORMAT", "FORMAT_VERSION", "MANIFEST_NAME", "EngineFolderError", "Manifest", "Verification",
+    "check_files", "file_record", "manifest_digest", "parse_manifest", "read_manifest", "sha256_file",
+    "start_verification", "write_manifest",
 ]
 
 MANIFEST_NAME = "manifest.json"
@@ -42,12 +55,12 @@ MAX_MANIFEST_BYTES = 4 << 20  # real manifests are a few kB (LSUN-256's Winograd
 MAX_DEPTH = 16  # real manifests nest 6 deep
 REBUILD = "rebuild the folder with `cmrt build`"
 
-# The hash cache: (device, inode, size, mtime_ns, ctime_ns) -> SHA-256. Any write to a file
+# The hash cache: (device, inode, size, mtime_ns, ctime_ns, algorithm) -> digest. Any write to a file
 # moves its ctime, which no user-space call can set back, so an in-place edit that keeps
 # the size and restores the mtime still misses the cache. A file changed less than
 # RACY_SECONDS before its hash began is not cached (the clock tick that stamps ctime is
 # coarse: an edit in the same tick would otherwise look unchanged), as git does.
-_HASH_CACHE: dict[tuple[int, int, int, int, int], str] = {}
+_HASH_CACHE: dict[tuple, str] = {}
 RACY_SECONDS = 2.0
 
 
@@ -55,30 +68,76 @@ def _stat_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    """SHA-256 of a file, remembered per (inode, size, mtime, ctime) so repeated loads in one process are free."""
+HASH_BLOCK = 1 << 24
+
+
+def _hash_file(path: str | os.PathLike, algorithm: str, new_hash) -> str:
+    """A file's digest by `new_hash()`, read into one reused buffer, remembered per
+    (device, inode, size, mtime, ctime, algorithm) so repeated loads in one process are free.
+
+    Not through a memory mapping: mapped pages count in the process's resident memory while
+    mapped, so hashing a 1 GB file that way would raise the load's peak RSS by 1 GB. hashlib
+    and the reads release the GIL, so a background hash runs beside the main thread's work
+    (ONNX Runtime releases it while it creates a session).
+    """
     started = time.time()
-    with open(path, "rb") as f:
+    with open(path, "rb", buffering=0) as f:
         st = os.fstat(f.fileno())
-        key = _stat_key(st)
+        key = (*_stat_key(st), algorithm)
         cached = _HASH_CACHE.get(key)
         if cached is not None:
             return cached
-        h = hashlib.sha256()
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
-            h.update(block)
+        h = new_hash()
+        buf = bytearray(HASH_BLOCK)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            h.update(view[:n])
     digest = h.hexdigest()
     if started - st.st_ctime_ns / 1e9 >= RACY_SECONDS:
         _HASH_CACHE[key] = digest
     return digest
 
 
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 of a file (see `_hash_file`)."""
+    return _hash_file(path, "sha256", hashlib.sha256)
+
+
+def _blake3():
+    try:
+        import blake3
+    except ImportError:
+        return None
+    return blake3
+
+
+def blake3_file(path: str | os.PathLike) -> str | None:
+    """BLAKE3 of a file (multi-threaded over each block), or None where `blake3` is not installed."""
+    b3 = _blake3()
+    if b3 is None:
+        return None
+    return _hash_file(path, "blake3", lambda: b3.blake3(max_threads=b3.blake3.AUTO))
+
+
+def digest_matches(path: Path, record: dict[str, Any]) -> bool:
+    """Whether `path` has the digest `record` gives: its BLAKE3 where recorded and installed, else its SHA-256."""
+    if record.get("blake3") and _blake3() is not None:
+        return blake3_file(path) == record["blake3"]
+    return sha256_file(path) == record["sha256"]
+
+
+def file_digests(path: str | os.PathLike) -> dict[str, str]:
+    """The digests a record holds: SHA-256 always, BLAKE3 where the package is installed."""
+    out = {"sha256": sha256_file(path)}
+    b3 = blake3_file(path)
+    if b3 is not None:
+        out["blake3"] = b3
+    return out
+
+
 def file_record(folder: Path, name: str) -> dict[str, Any]:
     p = folder / name
-    return {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+    return {**file_digests(p), "bytes": p.stat().st_size}
 
 
 def _canonical(data: dict[str, Any], strict: bool = False) -> bytes:
@@ -321,12 +380,79 @@ def parse_manifest(folder: str | os.PathLike) -> "Manifest":
     return Manifest(folder=folder, data=data)
 
 
+def hashing_threads() -> int:
+    """Files hashed at once: one per core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class Verification:
+    """The digests of a set of files, computed on background threads; `join` waits and says what failed.
+
+    `checks` are (path, record with "sha256" and maybe "blake3", message if it differs; see
+    `digest_matches`). Biggest files start first, one thread per core, so the join waits for
+    the largest file at most.
+    """
+
+    def __init__(self, checks: list[tuple[Path, dict[str, Any], str]]):
+        self.checks = sorted(checks, key=lambda c: -c[0].stat().st_size)
+        self.started = time.perf_counter()
+        self.finished: float | None = None
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=min(len(checks), hashing_threads()) or 1, thread_name_prefix="cmrt-verify")
+        self._futures = [self._pool.submit(self._check, c) for c in self.checks]
+        self._pool.shutdown(wait=False)
+
+    def _check(self, check: tuple[Path, dict[str, Any], str]) -> str | None:
+        path, want, message = check
+        try:
+            wrong = None if digest_matches(path, want) else message
+        except OSError as e:  # removed or unreadable since its size was checked
+            wrong = f"{message} ({path} could not be read: {e})"
+        with self._lock:
+            self.finished = time.perf_counter()
+        return wrong
+
+    def failures(self) -> list[str]:
+        """Wait for every hash; the messages of the files that do not match, in `checks` order."""
+        return [m for m in (f.result() for f in self._futures) if m]
+
+    def join(self) -> float:
+        """Wait for every hash and raise EngineFolderError for the first file that does not match.
+        Returns the seconds spent waiting here (0 when the hashing had finished already)."""
+        t0 = time.perf_counter()
+        wrong = self.failures()
+        if wrong:
+            raise EngineFolderError(wrong[0])
+        return time.perf_counter() - t0
+
+    @property
+    def seconds(self) -> float | None:
+        """Wall time from the start to the last hash finished (None before the join)."""
+        return None if self.finished is None else self.finished - self.started
+
+
+def _checksum_message(p: Path) -> str:
+    return f"{p} does not match its checksum in {MANIFEST_NAME}: the file was modified after the build; {REBUILD}"
+
+
 def check_files(manifest: "Manifest", hashes: bool = True) -> None:
-    """Check every file in the manifest's `files`: inside the folder, its size, and with `hashes` its SHA-256.
+    """Check every file in the manifest's `files`: inside the folder, its size, and with `hashes` its digest.
 
     The schema has already made sure that every file the runtime opens is listed here.
-    Kept apart from `parse_manifest` so that the hashing can run alongside other work.
+    Kept apart from `parse_manifest` so that the hashing can run alongside other work
+    (`start_verification`).
     """
+    for _ in _checked_files(manifest):
+        pass
+    if hashes:
+        start_verification(manifest).join()
+
+
+def _checked_files(manifest: "Manifest"):
+    """(path inside the folder, record) of every listed file, present and of its recorded size."""
     folder = manifest.folder
     for name, rec in manifest.files.items():
         p = inside(folder, name)
@@ -338,17 +464,20 @@ def check_files(manifest: "Manifest", hashes: bool = True) -> None:
                 f"{folder / name} has {size} bytes, the manifest says {rec['bytes']}: the file was changed or truncated; "
                 f"{REBUILD}"
             )
-        if hashes and sha256_file(p) != rec["sha256"]:
-            raise EngineFolderError(
-                f"{folder / name} does not match its checksum in {MANIFEST_NAME}: the file was modified after the build; "
-                f"{REBUILD}"
-            )
+        yield p, rec
+
+
+def start_verification(manifest: "Manifest") -> Verification:
+    """Start hashing every file of `manifest` on background threads (containment and sizes are checked here, now)."""
+    folder = manifest.folder
+    return Verification([(p, rec, _checksum_message(folder / p.name)) for p, rec in _checked_files(manifest)])
 
 
 def read_manifest(folder: str | os.PathLike, verify: bool = True) -> "Manifest":
     """Read and check an engine folder: the manifest (`parse_manifest`) and its files (`check_files`).
 
-    `verify` hashes every file (cached per process); without it only sizes are checked.
+    `verify` hashes every file (cached per process); without it only sizes are checked
+    (`start_verification` hashes later).
     """
     manifest = parse_manifest(folder)
     check_files(manifest, hashes=verify)

@@ -211,12 +211,15 @@ IO_TENSOR = Obj({
     "shape": ListOf(Either((Str(choices=("batch",)), Int(1, MAX_SAMPLE_SIZE)), "'batch' or a positive integer"), 1, 8),
 })
 VALIDATION = Obj({"max_abs_error": Error}, {"tolerance": Num(positive=True)})
-WINOGRAD_FILTER = Obj({
-    "input": Text,
-    "offset": Int(0, MAX_FILE_BYTES),
-    "length": Int(0, MAX_FILE_BYTES),
-    "shape": ListOf(Int(1, MAX_FILTER_DIM), 4, 4),
-})
+WINOGRAD_FILTER = Obj(
+    {
+        "input": Text,
+        "offset": Int(0, MAX_FILE_BYTES),
+        "length": Int(0, MAX_FILE_BYTES),
+        "shape": ListOf(Int(1, MAX_FILTER_DIM), 4, 4),
+    },
+    {"u_offset": Int(0, MAX_FILE_BYTES)},  # where its transformed filter starts in the stored filters file
+)
 # A graph's step graph (cmrt/build/step_graph.py): the graph with one consistency step around it.
 STEP = Obj({
     "file": FileName,
@@ -236,6 +239,7 @@ WINOGRAD = Obj(
     {
         "weights_file": FileName,
         "filters": ListOf(WINOGRAD_FILTER, 0, MAX_FILTERS),
+        "filters_file": FileName,  # the transformed filters, stored at build time and memory-mapped
         "validation": VALIDATION,
         "step": STEP,
     },
@@ -299,7 +303,7 @@ MANIFEST = Obj(
             "winograd": Str(choices=WINOGRAD_MODES),
         }),
         "onnx": MapOf(Precision, ONNX_ENTRY, 1, len(PRECISIONS)),
-        "files": MapOf(FileName, Obj({"sha256": Digest, "bytes": Int(0, MAX_FILE_BYTES)}), 1, MAX_FILES),
+        "files": MapOf(FileName, Obj({"sha256": Digest, "bytes": Int(0, MAX_FILE_BYTES)}, {"blake3": Digest}), 1, MAX_FILES),
         "tools": MapOf(Str(max_len=200), Text, 0, 64),
     },
     {"tensorrt": Nullable(TENSORRT), "created_unix": Int(0, 1 << 40)},
@@ -321,6 +325,8 @@ def opened_files(data: Mapping[str, Any]) -> dict[str, str]:
                 out[f"onnx.{precision}.winograd.file"] = wino["file"]
                 if wino.get("step"):
                     out[f"onnx.{precision}.winograd.step.file"] = wino["step"]["file"]
+                if wino.get("filters_file"):
+                    out[f"onnx.{precision}.winograd.filters_file"] = wino["filters_file"]
             if wino.get("filters"):
                 out[f"onnx.{precision}.winograd.weights_file"] = wino["weights_file"]
     if data.get("tensorrt"):

@@ -1,9 +1,18 @@
-"""Winograd F(4x4, 3x3) transform matrices: numpy only, shared by the build-time graph rewrite
-(cmrt/build/winograd.py) and the runtime, which transforms the 3x3 filters itself when it
-opens a Winograd CPU graph: left in the graph, the same GEMMs would be folded by ONNX Runtime
-at every session creation, which is several times slower than doing them here once.
+"""Winograd F(4x4, 3x3) transform matrices and the transformed filters: numpy only, shared by
+the build-time graph rewrite (cmrt/build/winograd.py) and the runtime.
+
+A Winograd CPU graph takes its transformed filters U = G W G^T as inputs. `cmrt build`
+computes them once and stores them in the folder (`write_filters`), page-aligned, so that a
+load maps them (`mapped_filters`): nothing is computed, nothing is copied, and a page is read
+only when ONNX Runtime first touches it. Left in the graph, the same GEMMs would be folded by
+ONNX Runtime at every session creation; computed at every load, they cost the transform plus
+the first touch of 4x the 3x3 weights in fresh memory. Folders built before the filters were
+stored still load: their filters are computed from the 3x3 weights (`filters_from_weight_file`).
 """
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import numpy as np
 
@@ -86,6 +95,70 @@ def transform_filters(w: np.ndarray) -> np.ndarray:
     return u.reshape(ALPHA * ALPHA, k, c)
 
 
+# Stored filters start on page boundaries so that each maps on its own and a page never holds two.
+FILTER_ALIGN = 4096
+
+
+def filter_shape(record_filter: dict) -> tuple[int, int, int]:
+    """[36, K, C]: the transformed filter of a [K, C, 3, 3] filter record."""
+    k, c = record_filter["shape"][:2]
+    return (ALPHA * ALPHA, int(k), int(c))
+
+
+def write_filters(folder, record: dict, name: str) -> int:
+    """Transform every filter of `record` from the weight file and write them to `folder / name`.
+
+    One filter is in memory at a time. Each filter record gets `u_offset`, where its float32
+    [36, K, C] array starts in the file (a multiple of FILTER_ALIGN); `record["filters_file"]`
+    becomes `name`. The file is written inside a build's staging folder, which is what makes it
+    atomic. Returns the file's size.
+    """
+    path = Path(folder) / name
+    offset = 0
+    with open(path, "wb") as f:
+        for rec in record["filters"]:
+            u = filters_from_weight_file(folder, {**record, "filters": [rec]})[rec["input"]]
+            pad = -offset % FILTER_ALIGN
+            f.write(b"\0" * pad)
+            offset += pad
+            rec["u_offset"] = offset
+            f.write(u.tobytes())
+            offset += u.nbytes
+            del u
+        f.flush()
+        os.fsync(f.fileno())
+    record["filters_file"] = name
+    return offset
+
+
+def mapped_filters(folder, record: dict) -> dict[str, np.ndarray]:
+    """The stored transformed filters, memory-mapped read-only (no copy, no computation)."""
+    from .errors import EngineFolderError
+    from .manifest import inside
+
+    path = inside(Path(folder), record["filters_file"])
+    whole = np.memmap(path, dtype=np.uint8, mode="r")  # one mapping; each filter is a view into it
+    out = {}
+    for f in record["filters"]:
+        shape = filter_shape(f)
+        start = f.get("u_offset")
+        if not isinstance(start, int) or start < 0 or start % FILTER_ALIGN or start + int(np.prod(shape)) * 4 > whole.size:
+            raise EngineFolderError(
+                f"{path}: the stored Winograd filter {f['input']} does not fit the file (offset {start}, "
+                f"file {whole.size} bytes); rebuild the folder with `cmrt build`"
+            )
+        out[f["input"]] = np.ndarray(shape, dtype=np.float32, buffer=whole, offset=start)
+    return out
+
+
+def winograd_filters(folder, record: dict) -> dict[str, np.ndarray]:
+    """The inputs a Winograd CPU graph needs: the stored filters where the folder has them,
+    else (a folder built before they were stored) computed from the 3x3 weights."""
+    if record.get("filters_file"):
+        return mapped_filters(folder, record)
+    return filters_from_weight_file(folder, record)
+
+
 def filters_from_weight_file(folder, record: dict) -> dict[str, np.ndarray]:
     """The transformed filters a Winograd CPU graph takes as inputs, read from the fp32 weight file.
 
@@ -94,8 +167,6 @@ def filters_from_weight_file(folder, record: dict) -> dict[str, np.ndarray]:
     The record comes from an engine folder, so every filter is checked against the file
     before a byte is read (the manifest's schema checks the types; this the bounds).
     """
-    from pathlib import Path
-
     from .errors import EngineFolderError
     from .manifest import inside
 

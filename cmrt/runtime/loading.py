@@ -6,15 +6,18 @@ engine must be (re)built for this GPU. Loading a built folder never imports it.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Sequence
 
 from ..engine.errors import BackendUnavailableError, EngineFolderError
 from ..engine.io_spec import PRECISIONS
-from ..engine.manifest import MANIFEST_NAME, Manifest, read_manifest
+from ..engine.manifest import MANIFEST_NAME, Manifest, read_manifest, start_verification
 from ..engine.models import DEFAULT_MODEL, is_diffusers_folder, looks_like_path, resolve_model
 from ..engine.paths import default_engine_dir, engine_root
 from ..engine.step_graph import step_graph as step_graph_file
@@ -142,6 +145,12 @@ def load(
     `model_or_engine_dir` is an engine folder written by `cmrt build`, or a model name / hub
     id / diffusers folder, whose default engine folder (`$CMRT_ENGINE_DIR`, default
     ./engines) is used or built.
+
+    The folder's files are hashed on background threads while the backend opens, and joined
+    before this returns: a file that does not match its checksum raises EngineFolderError here,
+    before any image. The returned Pipeline's `load_seconds` says where the load went
+    (manifest, backend import, weights, session, the wait for the verification, and the
+    verification's own wall time).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -149,15 +158,40 @@ def load(
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     if not isinstance(model_or_engine_dir, (str, os.PathLike)):
         raise TypeError(f"model_or_engine_dir must be a path or model name, got {type(model_or_engine_dir).__name__}")
+    t0 = time.perf_counter()
     folder = find_engine_folder(model_or_engine_dir)
-    manifest = read_manifest(folder, verify=verify)
+    manifest = read_manifest(folder, verify=False)  # presence and sizes; the hashes run beside the backend's opening
     if warmup is not None:  # checked before the (slow) backend is opened
         warmup = check_warmup(warmup, manifest.min_batch, manifest.max_batch)
-    manifest, engine = open_backend(manifest, backend, device, precision, threads, use_cuda_graph, winograd, step_graph)
+    verification = start_verification(manifest) if verify else None
+    times = {"manifest": time.perf_counter() - t0}
+    try:
+        manifest, engine = open_backend(manifest, backend, device, precision, threads, use_cuda_graph, winograd, step_graph,
+                                        times)
+    finally:
+        t1 = time.perf_counter()
+        if verification is not None:
+            verification.join()  # raises for a file that does not match, before any image
+    finish = getattr(engine, "check_cache", None)  # ONNX Runtime CPU: join its graph cache's check too
+    if finish is not None:
+        finish()
+    times["verification_wait"] = time.perf_counter() - t1
+    times["verification"] = verification.seconds if verification is not None else 0.0
+    times["total"] = time.perf_counter() - t0
     pipe = Pipeline(manifest, engine)
+    pipe.load_seconds = times
+    logger.info("loaded %s in %.2f s (%s)", folder, times["total"], ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
     if warmup is not None:
         pipe.warmup(warmup)
     return pipe
+
+
+def graph_id(manifest: Manifest, path: Path) -> str:
+    """A digest of the files a CPU graph reads (itself and its weight file), from the manifest's
+    checksums: what ONNX Runtime's optimized-graph cache is keyed by."""
+    names = {path.name} | {e.get("external_data") for e in manifest.data["onnx"].values()}
+    records = {n: manifest.files[n]["sha256"] for n in sorted(names - {None}) if n in manifest.files}
+    return hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()
 
 
 def open_backend(
@@ -169,6 +203,7 @@ def open_backend(
     use_cuda_graph: bool = True,
     winograd: bool | None = None,
     step_graph: bool | None = None,
+    times: dict[str, float] | None = None,
 ):
     """Select (see `backends.selection`) and construct the backend; returns (manifest, backend).
 
@@ -176,6 +211,9 @@ def open_backend(
     A GPU backend that was selected but cannot be constructed (an engine that fails to build,
     a CUDA EP that does not load) falls back to the next one, with one warning saying why,
     unless it was asked for by name (`backend='tensorrt'`) or the CPU was ruled out (`device='cuda'`).
+    `times`, when given, receives the seconds of the ONNX Runtime CPU path's parts: the backend
+    import, the Winograd filters ("weights": mapped from the folder, or computed for a folder
+    built before they were stored) and the session.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -210,7 +248,7 @@ def open_backend(
             if device == "cuda":  # the CPU was not an option
                 raise
             logger.warning("the ONNX Runtime CUDA EP could not be used (%s); falling back to ONNX Runtime on the CPU", _first_line(e))
-    from .backends.onnxruntime_backend import OnnxRuntimeBackend
+    from .backends.onnxruntime_backend import OnnxRuntimeBackend, import_onnxruntime
 
     prec = choose_precision(manifest, "cpu", precision)
     if use_step_graph("onnxruntime", "cpu", step_graph):
@@ -219,13 +257,18 @@ def open_backend(
     else:
         path, wino = manifest.cpu_graph(prec, winograd)
         spec = manifest.io_spec(prec)
+    times = {} if times is None else times
+    t0 = time.perf_counter()
+    import_onnxruntime()  # timed apart: the import is part of every cold start
+    t1 = time.perf_counter()
     extra = None
     if wino and wino.get("filters"):
-        from ..engine.winograd import filters_from_weight_file
+        from ..engine.winograd import winograd_filters
 
-        extra = filters_from_weight_file(manifest.folder, wino)
+        extra = winograd_filters(manifest.folder, wino)
+    t2 = time.perf_counter()
     try:
-        engine = OnnxRuntimeBackend(path, threads=threads, extra_inputs=extra)
+        engine = OnnxRuntimeBackend(path, threads=threads, extra_inputs=extra, graph_id=graph_id(manifest, path))
     except Exception as e:
         if type(e).__module__.partition(".")[0] != "onnxruntime":
             raise
@@ -235,6 +278,7 @@ def open_backend(
             f"ONNX Runtime cannot open {path} ({message}): the engine folder does not hold what its manifest "
             "describes; rebuild the folder with `cmrt build`"
         ) from e
+    times.update(backend_import=t1 - t0, weights=t2 - t1, session=time.perf_counter() - t2)
     _check_graph_io(spec, path, engine.session, extra)
     return manifest, engine
 

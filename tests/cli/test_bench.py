@@ -13,7 +13,7 @@ def test_bench_harness_smoke(small_models, tmp_path):
     folder, _ = small_models["cond"]
     out = tmp_path / "bench"
     rc = main(["bench", "--model", str(folder), "--batch", "1", "2", "--steps", "1", "--runs", "2", "--warmup", "1",
-               "--no-compile", "--out", str(out), "--engines", str(tmp_path / "engines")])
+               "--no-compile", "--cold-runs", "1", "--out", str(out), "--engines", str(tmp_path / "engines")])
     assert rc == 0
     r = json.loads((out / "results.json").read_text())
     assert {"command", "model", "settings", "machine", "gemm", "runs", "cold_start", "same_output_max_abs_diff"} <= set(r)
@@ -34,6 +34,10 @@ def test_bench_harness_smoke(small_models, tmp_path):
         assert 0 <= b2b["outside_unet_share_per_step"] <= b2b["outside_unet_share"] + 0.05
     for c in r["cold_start"].values():
         assert set(c) >= {"import_s", "load_s", "first_call_s", "peak_rss_bytes"}, c
+    parts = r["cold_start"]["cmrt onnxruntime cpu"]["parts_s"]
+    assert set(parts) >= {"manifest", "backend_import", "weights", "session", "verification_wait", "verification", "total"}
+    assert r["cold_start"]["cmrt onnxruntime cpu"]["graph_cache"] == "hit"  # the run's first process wrote it
+    assert r["cold_start"]["cmrt Triton model (initialize)"]["parts_s"]["initialize"] > 0
     assert r["same_output_max_abs_diff"] <= 1e-4  # same seed, same images as diffusers
     md = (out / "report.md").read_text()
     assert "| system |" in md and "cmrt onnxruntime cpu" in md

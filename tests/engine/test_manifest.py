@@ -20,7 +20,8 @@ def test_manifest_has_what_the_runtime_needs(small_models):
     assert [i["dtype"] for i in e["inputs"]] == ["float32", "float32", "int64"]
     assert e["validation"]["max_abs_error"] < 1e-4 and e["validation"]["batch_sizes"] == [1, 2]
     wino = e["winograd"]
-    graphs = {"unet.fp32.onnx", e["external_data"], e["step"]["file"]} | ({wino["file"], wino["step"]["file"]} if wino["used"] else set())
+    graphs = {"unet.fp32.onnx", e["external_data"], e["step"]["file"]}
+    graphs |= {wino["file"], wino["filters_file"], wino["step"]["file"]} if wino["used"] else set()
     assert e["external_data"] == "unet.fp32.onnx.data" and set(d["files"]) == graphs
     assert all(len(rec["sha256"]) == 64 for rec in d["files"].values())
     assert {"torch", "diffusers", "onnx", "cmrt"} <= set(d["tools"])

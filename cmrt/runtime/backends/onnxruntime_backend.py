@@ -41,6 +41,18 @@ def physical_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def import_onnxruntime():
+    """onnxruntime, or an ImportError that says which extra installs it."""
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise ImportError(
+            "the ONNX Runtime backend needs onnxruntime: `pip install 'cmrt[cpu]'` "
+            "(or 'cmrt[gpu]' for CUDA; never both)"
+        ) from e
+    return ort
+
+
 class OnnxRuntimeBackend:
     """One InferenceSession on the CPU, created once, run with plain numpy feeds.
     `step_graph` is True when the session runs a step graph (see the module docstring)."""
@@ -53,27 +65,23 @@ class OnnxRuntimeBackend:
         onnx_path: str | os.PathLike,
         threads: int | None = None,
         extra_inputs: dict[str, np.ndarray] | None = None,
+        graph_id: str | None = None,
     ):
         """`extra_inputs`: constant arrays fed on every call besides the sample (a Winograd
-        graph's transformed filters); ONNX Runtime reads them in place, without a copy."""
-        try:
-            import onnxruntime as ort
-        except ImportError as e:
-            raise ImportError(
-                "the ONNX Runtime backend needs onnxruntime: `pip install 'cmrt[cpu]'` "
-                "(or 'cmrt[gpu]' for CUDA; never both)"
-            ) from e
+        graph's transformed filters, memory-mapped from the folder); ONNX Runtime reads them in
+        place, without a copy. `graph_id`: a digest of every file the graph reads (the engine
+        folder's checksums); with it the optimized graph is cached (`ort_graph_cache`) and later
+        sessions open from the cache. `check_cache` must then be called before the first run."""
+        ort = import_onnxruntime()
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be a positive integer, got {threads!r}")
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.intra_op_num_threads = threads or physical_cores()
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
-        self.session = ort.InferenceSession(str(Path(onnx_path)), so, providers=["CPUExecutionProvider"])
+        self.onnx_path = Path(onnx_path)
+        self.threads = threads or physical_cores()
+        self.graph_id = graph_id
+        self.cache_entry = None
+        self.cache = "off"  # "hit", "written" or "off": where the session came from
+        self.session = self._open(ort)
         self.provider = self.session.get_providers()[0]
-        self.threads = so.intra_op_num_threads
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.step_graph = STEP_X in self.input_names
         self.extra_inputs = dict(extra_inputs or {})
@@ -89,8 +97,61 @@ class OnnxRuntimeBackend:
         self._unet_only = np.array([UNET_ONLY_COEFS[n] for n in STEP_COEF_ORDER], dtype=np.float32)
         self._zeros: dict[tuple[int, ...], np.ndarray] = {}
         self._zeros_lock = threading.Lock()
-        logger.info("ONNX Runtime session on %s (%d threads) for %s%s", self.provider, self.threads, onnx_path,
-                    " (step graph)" if self.step_graph else "")
+        logger.info("ONNX Runtime session on %s (%d threads, graph cache %s) for %s%s", self.provider, self.threads,
+                    self.cache, onnx_path, " (step graph)" if self.step_graph else "")
+
+    def _options(self, ort, optimize: bool):
+        so = ort.SessionOptions()
+        # A cached graph is optimized already: opening it with the optimizers on would only redo work.
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        return so
+
+    def _session_key_options(self) -> dict:
+        """Every session option the optimized graph may depend on: part of the cache key."""
+        return {"level": "ORT_ENABLE_ALL", "execution_mode": "sequential", "intra_op_threads": self.threads,
+                "inter_op_threads": 1, "providers": ["CPUExecutionProvider"]}
+
+    def _open(self, ort):
+        providers = ["CPUExecutionProvider"]
+        if self.graph_id is None:
+            return ort.InferenceSession(str(self.onnx_path), self._options(ort, True), providers=providers)
+        from . import ort_graph_cache
+
+        key = ort_graph_cache.cache_key(self.graph_id, self._session_key_options())
+        entry = ort_graph_cache.find(key)
+        if entry is not None:
+            try:
+                session = ort.InferenceSession(str(entry.graph), self._options(ort, False), providers=providers)
+                self.cache_entry, self.cache = entry, "hit"
+                return session
+            except Exception as e:  # an entry ONNX Runtime cannot open: rebuild it
+                logger.warning("ONNX Runtime could not open its cached graph %s (%s); rebuilding it", entry.graph, e)
+                entry.verification.failures()  # let its hashing threads finish before the files go
+                ort_graph_cache.discard(entry.folder)
+
+        def create(optimized_path):
+            so = self._options(ort, True)
+            if optimized_path is not None:
+                so.optimized_model_filepath = str(optimized_path)
+                for k, v in ort_graph_cache.SAVE_CONFIG.items():
+                    so.add_session_config_entry(k, v)
+            return ort.InferenceSession(str(self.onnx_path), so, providers=providers)
+
+        self.cache = "written"
+        return ort_graph_cache.write(key, create)
+
+    def check_cache(self) -> None:
+        """Join the cached graph's hash check: on a mismatch, reopen the session from the exported graph."""
+        entry, self.cache_entry = self.cache_entry, None
+        if entry is None or entry.check():
+            return
+        ort = import_onnxruntime()
+        self.session = ort.InferenceSession(str(self.onnx_path), self._options(ort, True), providers=["CPUExecutionProvider"])
+        self.cache = "off"
 
     def _zeros_like(self, a: np.ndarray) -> np.ndarray:
         """A read-only float32 zero array of `a`'s shape, made once per shape (ONNX Runtime never writes inputs)."""

@@ -14,6 +14,7 @@ official container needs no `pip install`.
 import json
 import os
 import sys
+import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -57,6 +58,9 @@ def _error(message, invalid):
 
 class TritonPythonModel:
     def initialize(self, args):
+        # Cold start is where a new replica's time goes: `load_seconds` records initialize's parts
+        # (cmrt import, the load's own parts, the handler) and the log line says them.
+        t0 = time.perf_counter()
         config = json.loads(args["model_config"])
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         self.logger = pb_utils.Logger
@@ -64,6 +68,8 @@ class TritonPythonModel:
         from cmrt.engine.manifest import parse_manifest
         from cmrt.runtime.pipeline import Pipeline
         from cmrt.serve.handler import INPUTS, Handler, RequestError, ServeSettings
+
+        t_import = time.perf_counter()
 
         self.inputs = INPUTS
         self.RequestError = RequestError
@@ -98,9 +104,14 @@ class TritonPythonModel:
             pipe = Pipeline(manifest, TritonUnet(params.get("unet_model", "cmrt_unet"), manifest.io_spec(precision)))
         else:
             raise pb_utils.TritonModelException(f"parameter unet must be 'inprocess' or 'triton', got {mode!r}")
+        t_load = time.perf_counter()
         self.handler = Handler(pipe, ServeSettings.from_params(params))
+        t_end = time.perf_counter()
+        self.load_seconds = {"import": t_import - t0, "load": t_load - t_import, "handler": t_end - t_load, "initialize": t_end - t0}
+        self.load_seconds.update({f"load.{k}": v for k, v in (getattr(pipe, "load_seconds", None) or {}).items()})
         self.logger.log_info(
-            f"cmrt model {args['model_instance_name']}: {pipe!r}, unet={mode}, cmrt from {os.path.dirname(cmrt.__file__)}{warmed}"
+            f"cmrt model {args['model_instance_name']}: {pipe!r}, unet={mode}, cmrt from {os.path.dirname(cmrt.__file__)}{warmed}; "
+            "initialize " + ", ".join(f"{k} {v:.2f} s" for k, v in self.load_seconds.items())
         )
 
     def execute(self, requests):
