@@ -20,6 +20,24 @@ def physical_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def max_threads() -> int:
+    """The largest intra-op pool cmrt asks for: 4 per core of the machine. More only slows a pool
+    down, and a huge one crashes ONNX Runtime and OpenVINO (threads=10**6 segfaults)."""
+    return 4 * max(1, os.cpu_count() or 1)
+
+
+def check_threads(threads) -> int | None:
+    """`threads` for ONNX Runtime / OpenVINO: None (one per core) or an integer in 1..max_threads()."""
+    if threads is None:
+        return None
+    limit = max_threads()
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= limit:
+        raise ValueError(
+            f"threads must be an integer in 1..{limit} (4 per core of this machine), or None for one per core; got {threads!r}"
+        )
+    return threads
+
+
 class OnnxRuntimeBackend:
     """One InferenceSession on the CPU, created once, run with plain numpy feeds."""
 
@@ -41,8 +59,7 @@ class OnnxRuntimeBackend:
                 "the ONNX Runtime backend needs onnxruntime: `pip install 'cmrt[cpu]'` "
                 "(or 'cmrt[gpu]' for CUDA; never both)"
             ) from e
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"threads must be a positive integer, got {threads!r}")
+        threads = check_threads(threads)
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
