@@ -88,7 +88,7 @@ def error_line(e: BaseException) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
     os_error = _os_error(e)
     hint = _OS_HINTS.get(os_error.errno) if os_error is not None else None
-    if os_error is not None and os_error is not e:
+    if hint and os_error is not e:  # a library's error about a failed write: say which
         text += f" ({' '.join(str(os_error).split())})"
     return f"{text}; {hint}" if hint else text
 

@@ -91,8 +91,8 @@ def check_unet_config(config: Mapping[str, Any], where: str = "unet config") -> 
         raise ValueError(
             f"{where}: sample_size {s} must be divisible by {factor} (the UNet halves it {len(chans) - 1} times)"
         )
-    cfg["in_channels"] = _int(where, "in_channels", cfg["in_channels"], 1, max(IMAGE_CHANNELS))
-    cfg["out_channels"] = _int(where, "out_channels", cfg["out_channels"], 1, max(IMAGE_CHANNELS))
+    cfg["in_channels"] = _int(where, "in_channels", cfg["in_channels"], 1, MAX_CHANNELS)
+    cfg["out_channels"] = _int(where, "out_channels", cfg["out_channels"], 1, MAX_CHANNELS)
     if cfg["in_channels"] != cfg["out_channels"] or cfg["in_channels"] not in IMAGE_CHANNELS:
         raise ValueError(
             f"{where}: in_channels and out_channels must be equal and one of {IMAGE_CHANNELS} (the consistency "

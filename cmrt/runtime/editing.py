@@ -553,8 +553,8 @@ class EditingMixin:
                 raise TypeError(f"latents must be a numpy array {endpoints} (z1, z2) or a pair of arrays, got {type(latents).__name__}")
             if latents.shape != endpoints:
                 raise ValueError(f"latents has shape {latents.shape}, expected {endpoints} (z1 and z2)")
-            latents = latents.astype(np.float32, copy=False)
             check_standard_normal("latents", latents)
+            latents = latents.astype(np.float32, copy=False)
         n_noise = schedule.num_steps if schedule.num_steps > 1 else 0
         if noise is not None:
             if isinstance(noise, np.ndarray) or not isinstance(noise, (list, tuple)):
@@ -564,7 +564,7 @@ class EditingMixin:
             for i, z in enumerate(noise):
                 if not isinstance(z, np.ndarray) or z.shape != endpoints:
                     raise ValueError(f"noise[{i}] must be a numpy array of shape {endpoints}")
-                check_standard_normal(f"noise[{i}]", z.astype(np.float32, copy=False))
+                check_standard_normal(f"noise[{i}]", z)
         if self.num_classes is None:
             labels = self.check_class_labels(class_labels, b)
         elif class_labels is None:

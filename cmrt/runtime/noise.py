@@ -38,7 +38,7 @@ TORCH_SEED_LIMIT = 2**64
 
 
 def check_standard_normal(name: str, z: np.ndarray) -> None:
-    """Refuse NaN, infinities and |z| > STANDARD_NORMAL_BOUND in a float32 array, naming it.
+    """Refuse NaN, infinities and |z| > STANDARD_NORMAL_BOUND in a numeric array, naming it.
 
     Two reductions (min and max propagate NaN) and no allocation: once per call, not per step.
     """

@@ -126,9 +126,8 @@ class Pipeline(EditingMixin):
         expected = (batch_size, *self.sample_shape)
         if latents.shape != expected:
             raise ValueError(f"latents has shape {latents.shape}, expected {expected} (batch_size, channels, size, size)")
-        latents = latents.astype(np.float32, copy=False)
-        check_standard_normal("latents", latents)
-        return latents
+        check_standard_normal("latents", latents)  # before the cast, which would turn 1e300 into inf
+        return latents.astype(np.float32, copy=False)
 
     def check_noise(
         self, noise: Any, count: int, batch_size: int, per: str = "step", why: str = "the schedule has {n} steps"
@@ -146,9 +145,8 @@ class Pipeline(EditingMixin):
             if not isinstance(z, np.ndarray) or z.shape != expected:
                 got = z.shape if isinstance(z, np.ndarray) else type(z).__name__
                 raise ValueError(f"noise[{i}] must be a numpy array of shape {expected}, got {got}")
-            z = z.astype(np.float32, copy=False)
             check_standard_normal(f"noise[{i}]", z)
-            out.append(z)
+            out.append(z.astype(np.float32, copy=False))
         return out
 
     def check_class_labels(self, class_labels: Any, batch_size: int) -> np.ndarray | None:
