@@ -5,12 +5,17 @@ import errno
 import os
 import resource
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from cmrt.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def is_progress(line: str) -> bool:
@@ -151,15 +156,20 @@ def test_an_absurd_config_is_one_line(capsys, small_models, tmp_path):
     one_line_error(capsys, ["build", str(folder), "--out", str(tmp_path / "engine")], "layers_per_block must be an integer")
 
 
-def test_a_file_size_limit_during_build_is_one_line(capsys, small_models, tmp_path):
-    """A real RLIMIT_FSIZE on a real build: the ONNX file cannot be written (EFBIG; Python ignores SIGXFSZ)."""
+def test_a_file_size_limit_during_build_is_one_line(small_models, tmp_path):
+    """A real RLIMIT_FSIZE on a real build, in its own process (the limit would also stop pytest's
+    own writes): the ONNX file cannot be written (EFBIG; Python ignores SIGXFSZ)."""
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
     out = tmp_path / "engine"
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, hard))
-    try:
-        one_line_error(capsys, ["build", str(small_models["cond"][0]), "--out", str(out), "--precision", "fp32",
-                                "--backend", "onnxruntime", "--winograd", "never"],
-                       "File too large", "ulimit -f")
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    r = subprocess.run(
+        [sys.executable, "-m", "cmrt", "-q", "build", str(small_models["cond"][0]), "--out", str(out),
+         "--precision", "fp32", "--backend", "onnxruntime", "--winograd", "never"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, preexec_fn=limit,
+    )
+    errors = [line for line in r.stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
+    assert r.returncode == 2, r.stderr
+    assert len(errors) == 1 and errors[0].startswith("cmrt build: error:"), r.stderr
+    assert "File too large" in errors[0] and "ulimit -f" in errors[0], r.stderr
     assert not out.exists()

@@ -125,8 +125,9 @@ def test_grid_defaults_and_limits():
 def test_threads_are_bounded(small_models, threads):
     if threads == "4 per core + 1":
         threads = max_threads() + 1
-    with pytest.raises(ValueError, match=rf"threads must be an integer in 1\.\.{max_threads()}"):
+    with pytest.raises(ValueError) as e:  # threads=10**6 segfaulted in ONNX Runtime
         cmrt.load(small_models["cond"][1], threads=threads)
+    assert f"threads must be an integer in 1..{max_threads()}" in str(e.value)
 
 
 def test_threads_within_the_bound_load(small_models):
