@@ -70,14 +70,19 @@ UNET_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(UNET_CASES))
-def test_absurd_unet_configs_are_refused_before_the_model_exists(good_folder, tmp_path, no_model_built, case):
-    changes, fragment = UNET_CASES[case]
-    folder = edited_copy(good_folder, tmp_path / "model", "unet/config.json", **changes)
+def refused_build(good_folder, tmp_path, part, changes, fragment):
+    """Build a copy of the good model with `changes` in `part`: a CheckpointError naming the file, nothing written."""
+    folder = edited_copy(good_folder, tmp_path / "model", part, **changes)
     with pytest.raises(ValueError) as e:
         build(folder, tmp_path / "engine")
-    assert_checkpoint_error(e, str(folder / "unet" / "config.json"), fragment)
+    assert_checkpoint_error(e, str(folder / part), fragment)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no folder, no staging debris
+    return folder, e.value
+
+
+@pytest.mark.parametrize("case", list(UNET_CASES))
+def test_absurd_unet_configs_are_refused_before_the_model_exists(good_folder, tmp_path, no_model_built, case):
+    refused_build(good_folder, tmp_path, "unet/config.json", *UNET_CASES[case])
 
 
 SCHEDULER_CASES = {
@@ -93,17 +98,12 @@ SCHEDULER_CASES = {
 
 @pytest.mark.parametrize("case", list(SCHEDULER_CASES))
 def test_bad_scheduler_configs_are_refused_at_build_with_the_run_times_rule(good_folder, tmp_path, no_model_built, case):
-    changes, fragment = SCHEDULER_CASES[case]
-    folder = edited_copy(good_folder, tmp_path / "model", "scheduler/scheduler_config.json", **changes)
-    with pytest.raises(ValueError) as e:
-        build(folder, tmp_path / "engine")
-    assert_checkpoint_error(e, str(folder / "scheduler" / "scheduler_config.json"), fragment)
-    assert not (tmp_path / "engine").exists()
+    folder, error = refused_build(good_folder, tmp_path, "scheduler/scheduler_config.json", *SCHEDULER_CASES[case])
     # the same rule, word for word, where the run time reads an engine folder's scheduler record
     raw = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     with pytest.raises(ValueError) as runtime:
         SchedulerConfig.from_dict(raw, where="manifest scheduler")
-    assert str(runtime.value).split(": ", 1)[1] == str(e.value).split(".json: ", 1)[1]
+    assert str(runtime.value).split(": ", 1)[1] == str(error).split(".json: ", 1)[1]
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
