@@ -66,8 +66,6 @@ def _on_server(args) -> int:
         raise ValueError("--timesteps cannot be sent to a server: start it with `cmrt serve ... --timesteps 17,0`, or send --steps")
     if args.rng != "numpy":
         raise ValueError("--rng is the server's choice: start it with `cmrt serve ... --rng torch`")
-    if args.batch < 1:
-        raise ValueError(f"--batch must be >= 1, got {args.batch}")
     seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % (2**62))
     labels = args.class_labels
     if labels is not None and len(labels) not in (1, args.batch):
