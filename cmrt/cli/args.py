@@ -22,6 +22,18 @@ def comma_list(cast, what: str):
     return parse
 
 
+def positive_int(text: str) -> int:
+    """An argparse type for counts and sizes (--batch, --cols, --scale, --patch-size, ...): an integer >= 1,
+    so that 0 is an error rather than a silent default."""
+    try:
+        value = int(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from e
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
 int_list = comma_list(int, "integers such as 17,0")
 float_list = comma_list(float, "numbers such as 5.38,2.24")
 

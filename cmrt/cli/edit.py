@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime.editing import DEFAULT_ALPHAS
-from .args import add_rng, add_runtime, float_list, int_list
+from .args import add_rng, add_runtime, float_list, int_list, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -34,18 +34,18 @@ def add_parser(sub) -> None:
                    "averaged down by --patch-size); not used by interpolate")
     p.add_argument("--mask", type=Path, help="mask PNG, white = pixels to generate (inpaint; optional for stroke)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--steps", type=int, help="number of steps on the training grid")
+    g.add_argument("--steps", type=positive_int, help="number of steps on the training grid")
     g.add_argument("--timesteps", type=int_list, help="explicit timesteps, e.g. 20,16")
     g.add_argument("--sigmas", type=float_list, help="explicit noise levels, e.g. 5.38,2.24 (not for interpolate)")
-    p.add_argument("--batch", type=int, help="samples per input image (default 1; inpaint/colorize/superres/stroke)")
-    p.add_argument("--patch-size", type=int, default=8, help="superres: upscaling factor (default 8)")
+    p.add_argument("--batch", type=positive_int, help="samples per input image (default 1; inpaint/colorize/superres/stroke)")
+    p.add_argument("--patch-size", type=positive_int, default=8, help="superres: upscaling factor (default 8)")
     p.add_argument("--alphas", type=float_list, default=list(DEFAULT_ALPHAS), help="interpolate: comma-separated")
     p.add_argument("--class-labels", type=int_list, help="one label, or one per image, comma-separated")
     p.add_argument("--seed", type=int_list, help="a seed, or one per sample (interpolate: two seeds, one per endpoint)")
     add_rng(p)
     p.add_argument("--no-resize", action="store_true", help="reject inputs of the wrong size instead of resizing them")
     p.add_argument("--out", type=Path, default=Path("outputs/edit.png"), help="grid PNG to write")
-    p.add_argument("--scale", type=int, default=1, help="enlarge the grid by this integer factor (nearest)")
+    p.add_argument("--scale", type=positive_int, default=1, help="enlarge the grid by this integer factor (nearest)")
     add_runtime(p)
 
 
@@ -66,16 +66,13 @@ def _before_images(method: str, pipe, image01: np.ndarray | None, mask: np.ndarr
 
 
 def run(args) -> int:
-    from PIL import Image
-
+    from ..runtime.editing import check_patch_size
     from ..runtime.images import broadcast_batch, load_images, load_masks
     from ..runtime.loading import load
     from ..runtime.postprocess import make_grid
-    from .images import write_png
+    from .images import open_image, write_png
 
     method = args.method
-    if args.scale < 1:
-        raise ValueError(f"--scale must be >= 1, got {args.scale}")
     if method == "interpolate":
         if args.image is not None or args.mask is not None:
             raise ValueError("interpolate takes no --image or --mask (it interpolates between two seeds' noises)")
@@ -106,18 +103,18 @@ def run(args) -> int:
         grid = make_grid(after, cols=len(after))
         n = len(after)
     else:
-        p = args.patch_size
+        p = check_patch_size(args.patch_size, s) if method == "superres" else args.patch_size
         if method == "superres":
-            img = Image.open(args.image)
+            img = open_image(args.image, "--image")
             if img.size == (s, s) and p > 1:
                 logger.info("%s is full size; averaging it down by %d to the low-resolution input", args.image, p)
                 img = img.convert("RGB").reduce(p)
             image01 = load_images(img, "--image", s // p, resize)
         else:
-            image01 = load_images(Image.open(args.image), "--image", s, resize)
+            image01 = load_images(open_image(args.image, "--image"), "--image", s, resize)
         arrays = {"--image": image01}
         if args.mask is not None:
-            arrays["--mask"] = load_masks(Image.open(args.mask), "--mask", s, resize)
+            arrays["--mask"] = load_masks(open_image(args.mask, "--mask"), "--mask", s, resize)
         b, arrays = broadcast_batch(arrays, args.batch)
         image01, mask = arrays["--image"], arrays.get("--mask")
         if labels is not None and len(labels) == 1 and b > 1:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .args import add_model, add_rng, add_runtime, int_list
+from .args import add_model, add_rng, add_runtime, int_list, positive_int
 
 HELP = "generate a grid of images from an engine folder or model"
 
@@ -12,15 +12,15 @@ HELP = "generate a grid of images from an engine folder or model"
 def add_parser(sub) -> None:
     p = sub.add_parser("generate", help=HELP)
     add_model(p)
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=positive_int, default=1)
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--steps", type=int, help="number of sampling steps (default 1)")
+    g.add_argument("--steps", type=positive_int, help="number of sampling steps (default 1)")
     g.add_argument("--timesteps", type=int_list, help="explicit timesteps, e.g. 17,0")
     p.add_argument("--class-labels", type=int_list, help="one label, or one per image, comma-separated")
     p.add_argument("--seed", type=int)
     add_rng(p)
     p.add_argument("--out", type=Path, default=Path("outputs/grid.png"), help="grid PNG to write")
-    p.add_argument("--cols", type=int, help="grid columns (default: square)")
+    p.add_argument("--cols", type=positive_int, help="grid columns (default: square)")
     add_runtime(p)
     p.add_argument("--no-winograd", action="store_true", help="ONNX Runtime on the CPU: run the plain graph")
     p.add_argument("--server", metavar="URL",
@@ -66,8 +66,6 @@ def _on_server(args) -> int:
         raise ValueError("--timesteps cannot be sent to a server: start it with `cmrt serve ... --timesteps 17,0`, or send --steps")
     if args.rng != "numpy":
         raise ValueError("--rng is the server's choice: start it with `cmrt serve ... --rng torch`")
-    if args.batch < 1:
-        raise ValueError(f"--batch must be >= 1, got {args.batch}")
     seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % (2**62))
     labels = args.class_labels
     if labels is not None and len(labels) not in (1, args.batch):

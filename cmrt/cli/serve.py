@@ -1,7 +1,7 @@
 """`cmrt serve MODEL|DIR`: serve an engine folder on Triton Inference Server (needs cmrt[serve])."""
 from __future__ import annotations
 
-from .args import add_model, add_rng, add_runtime, int_list
+from .args import add_model, add_rng, add_runtime, int_list, positive_int
 
 HELP = "serve an engine folder on Triton Inference Server (needs cmrt[serve])"
 
@@ -9,9 +9,9 @@ HELP = "serve an engine folder on Triton Inference Server (needs cmrt[serve])"
 def add_common(p) -> None:
     """What `serve` and `triton-repo` share: the model, batching, instances, the default schedule."""
     add_model(p)
-    p.add_argument("--max-batch", type=int, help="Triton max_batch_size (default: the engine folder's max batch)")
+    p.add_argument("--max-batch", type=positive_int, help="Triton max_batch_size (default: the engine folder's max batch)")
     p.add_argument("--max-queue-delay-us", type=int, default=2000, help="dynamic batching: longest wait to fill a batch (default 2000)")
-    p.add_argument("--instances", type=int, help="model instances (per GPU on KIND_GPU)")
+    p.add_argument("--instances", type=positive_int, help="model instances (per GPU on KIND_GPU)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--steps", type=int, help="steps for requests that send no num_inference_steps (default 1)")
     g.add_argument("--timesteps", type=int_list, help="explicit timesteps for requests that send no num_inference_steps, e.g. 17,0")

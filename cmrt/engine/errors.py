@@ -20,3 +20,7 @@ class EngineValidationError(RuntimeError):
 
 class ModelUnavailableError(RuntimeError):
     """The model could not be fetched (for example the hub is unreachable)."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be built from: a config out of range, a missing or damaged weight file."""

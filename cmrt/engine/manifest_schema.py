@@ -19,13 +19,14 @@ from typing import Any, Mapping
 
 from .io_spec import PRECISIONS, STEP_COEF_ORDER, io_spec
 from .options import WINOGRAD_MODES, BuildOptions
+from .scheduler_config import SCHEDULER_CLASS, MAX_TRAIN_TIMESTEPS, check_scheduler_config
+from .unet_config import MAX_SAMPLE_SIZE
 
-# Limits on what a manifest may describe.
-MAX_SAMPLE_SIZE = 4096  # the openai models are 64 and 256
+# Limits on what a manifest may describe (the UNet's and the scheduler's are the build's own:
+# unet_config and scheduler_config, so a folder that builds is a folder that loads).
 MAX_CHANNELS = 4  # images: 1 (grey), 3 (RGB), 4
 MAX_CLASSES = 1_000_000  # labels are drawn below it; nothing of this size is allocated
 MAX_BATCH = 4096
-MAX_TRAIN_TIMESTEPS = 1_000_000  # the Karras grid has this many float64 points
 MAX_FILE_BYTES = 1 << 44  # 16 TiB
 MAX_FILES = 64
 MAX_FILTERS = 10_000  # Winograd filters (LSUN-256 has 70)
@@ -280,7 +281,7 @@ SCHEDULER = Obj(
         "rho": Num(positive=True),
         "clip_denoised": Bool(),
     },
-    {"_class_name": Str(choices=("CMStochasticIterativeScheduler",))},
+    {"_class_name": Str(choices=(SCHEDULER_CLASS,))},
 )
 MANIFEST = Obj(
     {
@@ -339,9 +340,10 @@ def _check_relations(data: Mapping[str, Any]) -> None:
     u = data["unet"]
     if u["out_channels"] != u["in_channels"]:
         raise SchemaError("unet.out_channels", f"must equal in_channels ({u['in_channels']}): the model denoises its input")
-    s = data["scheduler"]
-    if not s["sigma_min"] < s["sigma_max"]:
-        raise SchemaError("scheduler.sigma_min", f"must be below sigma_max ({s['sigma_max']}), got {s['sigma_min']}")
+    try:  # the rules `cmrt build` applied to the checkpoint's scheduler config
+        check_scheduler_config(data["scheduler"], where="the manifest's scheduler")
+    except ValueError as e:
+        raise SchemaError("scheduler", str(e).split(": ", 1)[-1]) from None
     b = data["build_options"]
     try:
         known = {f.name for f in fields(BuildOptions)}

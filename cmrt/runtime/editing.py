@@ -36,7 +36,7 @@ import numpy as np
 
 from . import scheduler as cm
 from .images import broadcast_batch, load_images, load_masks, to_model_space
-from .noise import make_noise_source
+from .noise import check_standard_normal, make_noise_source
 from .postprocess import OUTPUT_TYPES, PipelineOutput, postprocess
 from .sampling import consistency_fn, run_editing
 
@@ -291,7 +291,7 @@ def _check_output(output_type: Any, return_dict: Any) -> None:
         raise TypeError(f"return_dict must be True or False, got {return_dict!r}")
 
 
-def _check_patch_size(patch_size: Any, size: int) -> int:
+def check_patch_size(patch_size: Any, size: int) -> int:
     if isinstance(patch_size, bool) or not isinstance(patch_size, numbers.Integral):
         raise TypeError(f"patch_size must be an integer, got {patch_size!r}")
     p = int(patch_size)
@@ -459,7 +459,7 @@ class EditingMixin:
         Default schedule: 5 steps on the training grid.
         """
         s = self.sample_size
-        p = _check_patch_size(patch_size, s)
+        p = check_patch_size(patch_size, s)
         b, arrays = self._editing_batch(batch_size, {"image": load_images(image, "image", s // p, resize)})
         keep = KeepPatchMeans(p)
         y_kept = upsample(to_model_space(arrays["image"]), p)
@@ -553,6 +553,7 @@ class EditingMixin:
                 raise TypeError(f"latents must be a numpy array {endpoints} (z1, z2) or a pair of arrays, got {type(latents).__name__}")
             if latents.shape != endpoints:
                 raise ValueError(f"latents has shape {latents.shape}, expected {endpoints} (z1 and z2)")
+            check_standard_normal("latents", latents)
             latents = latents.astype(np.float32, copy=False)
         n_noise = schedule.num_steps if schedule.num_steps > 1 else 0
         if noise is not None:
@@ -563,6 +564,7 @@ class EditingMixin:
             for i, z in enumerate(noise):
                 if not isinstance(z, np.ndarray) or z.shape != endpoints:
                     raise ValueError(f"noise[{i}] must be a numpy array of shape {endpoints}")
+                check_standard_normal(f"noise[{i}]", z)
         if self.num_classes is None:
             labels = self.check_class_labels(class_labels, b)
         elif class_labels is None:

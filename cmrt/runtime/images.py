@@ -3,8 +3,16 @@
 Images are PIL images, or numpy arrays [H, W, 3] / [B, H, W, 3] (also [.., 1] or [H, W]
 grayscale) holding floats in [0, 1] or uint8 in 0..255; a list of either is a batch.
 Masks are PIL images (white = True) or boolean arrays [H, W] / [B, H, W]; True marks the
-pixels to GENERATE (diffusers' convention). Everything that does not fit raises a
-ValueError/TypeError that names the argument. Pillow is imported lazily, torch never.
+pixels to GENERATE (diffusers' convention). A boolean [H, W, 3] / [B, H, W, 3] mask (one
+value per RGB channel) is read as one mask per image when its channels agree. Everything
+that does not fit raises a ValueError/TypeError that names the argument. Pillow is imported
+lazily, torch never.
+
+No image side may exceed MAX_IMAGE_SIDE pixels: inputs are resized to the model's size (at
+most 256 for the openai models), and a larger one costs memory before it is resized (a
+highly compressible 9000 x 9000 PNG of 99 KB is 0.97 GB as float32 RGB). PIL images are
+checked from their header (`Image.open` reads only the header; `.size` is known before any
+pixel is decoded).
 """
 from __future__ import annotations
 
@@ -14,6 +22,17 @@ from typing import Any
 import numpy as np
 
 logger = logging.getLogger(__name__)
+
+MAX_IMAGE_SIDE = 4096  # 4096 x 4096 RGB is 0.2 GB as float32; larger inputs are resized by the caller first
+
+
+def check_image_size(name: str, width: int, height: int) -> None:
+    """Refuse an image with a side over MAX_IMAGE_SIDE, before its pixels are decoded or copied."""
+    if width > MAX_IMAGE_SIDE or height > MAX_IMAGE_SIDE:
+        raise ValueError(
+            f"{name} is {width}x{height} pixels; cmrt takes images up to {MAX_IMAGE_SIDE} pixels a side "
+            "(they are resized to the model's size anyway): downscale it first"
+        )
 
 
 def _is_pil(obj: Any) -> bool:
@@ -32,8 +51,9 @@ def _check_resize(resize: Any) -> bool:
     return bool(resize)
 
 
-def _pil_to_array(img: Any) -> np.ndarray:
+def _pil_to_array(img: Any, name: str) -> np.ndarray:
     """Any PIL mode -> float32 [H, W, 3] in [0, 1]."""
+    check_image_size(name, *img.size)
     if img.mode in ("I", "I;16", "F"):
         raise ValueError(f"PIL images in mode {img.mode!r} are not supported; convert to 'RGB' or 'L' first")
     rgb = img.convert("RGB")
@@ -59,6 +79,7 @@ def _array_to_nhwc(name: str, arr: np.ndarray) -> np.ndarray:
         raise ValueError(f"{name} has {arr.ndim} dimensions (shape {arr.shape}); expected [H, W, 3] or [B, H, W, 3]")
     if 0 in arr.shape:
         raise ValueError(f"{name} is empty (shape {arr.shape})")
+    check_image_size(name, arr.shape[2], arr.shape[1])
     if arr.dtype == np.uint8:
         out = arr.astype(np.float32) / np.float32(255)
     else:
@@ -109,7 +130,7 @@ def load_images(image: Any, name: str = "image", size: int | None = None, resize
     if isinstance(image, (list, tuple)):
         return _load_list(load_images, image, name, size, resize, "images", "; pass a size or resize them")
     if _is_pil(image):
-        batch = _pil_to_array(image)[None]
+        batch = _pil_to_array(image, name)[None]
     elif isinstance(image, np.ndarray):
         batch = _array_to_nhwc(name, image)
     else:
@@ -139,6 +160,7 @@ def load_masks(mask: Any, name: str = "mask", size: int | None = None, resize: b
     if isinstance(mask, (list, tuple)):
         return _load_list(load_masks, mask, name, size, resize, "masks", "")
     if _is_pil(mask):
+        check_image_size(name, *mask.size)
         batch = (np.asarray(mask.convert("L")) > 127)[None]
     elif isinstance(mask, np.ndarray):
         if mask.dtype != np.bool_:
@@ -146,9 +168,13 @@ def load_masks(mask: Any, name: str = "mask", size: int | None = None, resize: b
                 f"{name} must be a boolean array (True = generate) or a PIL image, got dtype {mask.dtype}; "
                 f"use e.g. `{name} > 0.5`"
             )
-        if mask.ndim == 4 and mask.shape[-1] == 1:
-            mask = mask[..., 0]
-        elif mask.ndim == 3 and mask.shape[-1] == 1:
+        if mask.ndim in (3, 4) and mask.shape[-1] in (1, 3):  # [.., H, W, 1 or 3]: channels, not a width
+            if mask.shape[-1] == 3 and not (np.array_equal(mask[..., 0], mask[..., 1])
+                                            and np.array_equal(mask[..., 0], mask[..., 2])):
+                raise ValueError(
+                    f"{name} has shape {mask.shape} with channels that differ; a mask has one value per pixel: "
+                    f"pass {name}[..., 0] or {name}.any(axis=-1)"
+                )
             mask = mask[..., 0]
         if mask.ndim == 2:
             batch = mask[None]
@@ -158,6 +184,7 @@ def load_masks(mask: Any, name: str = "mask", size: int | None = None, resize: b
             raise ValueError(f"{name} has shape {mask.shape}; expected [H, W] or [B, H, W]")
         if 0 in batch.shape:
             raise ValueError(f"{name} is empty (shape {mask.shape})")
+        check_image_size(name, batch.shape[2], batch.shape[1])
     else:
         raise TypeError(f"{name} must be a PIL image or a boolean numpy array [H, W] / [B, H, W], got {type(mask).__name__}")
     h, w = batch.shape[1:3]

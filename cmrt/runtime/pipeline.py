@@ -16,7 +16,7 @@ import numpy as np
 from ..engine.manifest import Manifest
 from . import scheduler as cm
 from .editing import EditingMixin
-from .noise import make_noise_source
+from .noise import check_standard_normal, make_noise_source
 from .postprocess import OUTPUT_TYPES, PipelineOutput, postprocess
 from .sampling import multistep
 
@@ -91,7 +91,14 @@ class Pipeline(EditingMixin):
     # --- step 1: inputs -------------------------------------------------------------------
     def check_batch_size(self, batch_size: Any) -> int:
         b = _check_int("batch_size", batch_size)
-        if not self.min_batch <= b <= self.max_batch:
+        if b < 1:
+            raise ValueError(f"batch_size must be >= 1, got {b}")
+        if b < self.min_batch:
+            raise ValueError(
+                f"batch_size {b} is below this engine's range {self.min_batch}..{self.max_batch}; "
+                f"rebuild with `cmrt build ... --min-batch {b}`"
+            )
+        if b > self.max_batch:
             raise ValueError(
                 f"batch_size {b} is outside this engine's range {self.min_batch}..{self.max_batch}; "
                 f"split the request or rebuild with `cmrt build ... --max-batch {b}`"
@@ -159,6 +166,7 @@ class Pipeline(EditingMixin):
         expected = (batch_size, *self.sample_shape)
         if latents.shape != expected:
             raise ValueError(f"latents has shape {latents.shape}, expected {expected} (batch_size, channels, size, size)")
+        check_standard_normal("latents", latents)  # before the cast, which would turn 1e300 into inf
         return latents.astype(np.float32, copy=False)
 
     def check_noise(
@@ -177,6 +185,7 @@ class Pipeline(EditingMixin):
             if not isinstance(z, np.ndarray) or z.shape != expected:
                 got = z.shape if isinstance(z, np.ndarray) else type(z).__name__
                 raise ValueError(f"noise[{i}] must be a numpy array of shape {expected}, got {got}")
+            check_standard_normal(f"noise[{i}]", z)
             out.append(z.astype(np.float32, copy=False))
         return out
 

@@ -45,13 +45,30 @@ def postprocess(sample: np.ndarray, output_type: str, scratch: bool = False):
     return to_pil(images)
 
 
+# The most pixels a picture written by cmrt (a grid, an enlarged grid) may have: 2**28 is
+# 0.8 GB of uint8 RGB, far beyond any grid of a batch; larger requests are mistakes.
+MAX_PICTURE_PIXELS = 2**28
+
+
+def check_picture_size(height: int, width: int, hint: str) -> None:
+    """Refuse a picture over MAX_PICTURE_PIXELS before it is allocated; `hint` says what to change."""
+    if height * width > MAX_PICTURE_PIXELS:
+        raise ValueError(
+            f"the picture would be {width}x{height} pixels, over cmrt's limit of {MAX_PICTURE_PIXELS:,} (2**28); {hint}"
+        )
+
+
 def make_grid(images: np.ndarray, cols: int | None = None, pad: int = 2) -> np.ndarray:
-    """Tile float [B, H, W, C] images into one uint8 [rows*H, cols*W, C] picture."""
+    """Tile float [B, H, W, C] images into one uint8 [rows*H, cols*W, C] picture; `cols` None: square."""
     if images.ndim != 4:
         raise ValueError(f"images must be [B, H, W, C], got shape {images.shape}")
     b, h, w, c = images.shape
-    cols = cols or int(np.ceil(np.sqrt(b)))
+    if cols is None:
+        cols = int(np.ceil(np.sqrt(b)))
+    elif isinstance(cols, bool) or not isinstance(cols, (int, np.integer)) or cols < 1:
+        raise ValueError(f"cols must be an integer >= 1 (or None for a square grid), got {cols!r}")
     rows = int(np.ceil(b / cols))
+    check_picture_size(rows * (h + pad) + pad, cols * (w + pad) + pad, f"use fewer columns (cols {cols} for {b} images)")
     grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, dtype=np.uint8)
     u8 = (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
     for i in range(b):

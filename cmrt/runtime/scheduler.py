@@ -9,45 +9,40 @@ what keeps cmrt's images within 1e-4 of diffusers'.
 from __future__ import annotations
 
 import logging
+import math
 import numbers
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
 from ..engine.io_spec import STEP_COEF_ORDER
+from ..engine.scheduler_config import DEFAULTS, check_scheduler_config
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    num_train_timesteps: int = 40
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
-    sigma_data: float = 0.5
-    s_noise: float = 1.0
-    rho: float = 7.0
-    clip_denoised: bool = True
+    """diffusers' CMStochasticIterativeScheduler config, validated by the rules `cmrt build`
+    applies to a checkpoint (cmrt/engine/scheduler_config.py), so a folder that builds loads."""
+
+    num_train_timesteps: int = DEFAULTS["num_train_timesteps"]
+    sigma_min: float = DEFAULTS["sigma_min"]
+    sigma_max: float = DEFAULTS["sigma_max"]
+    sigma_data: float = DEFAULTS["sigma_data"]
+    s_noise: float = DEFAULTS["s_noise"]
+    rho: float = DEFAULTS["rho"]
+    clip_denoised: bool = DEFAULTS["clip_denoised"]
 
     def __post_init__(self) -> None:
-        if not isinstance(self.num_train_timesteps, numbers.Integral) or self.num_train_timesteps < 2:
-            raise ValueError(f"num_train_timesteps must be an integer >= 2, got {self.num_train_timesteps!r}")
-        if not 0 < self.sigma_min < self.sigma_max:
-            raise ValueError(f"need 0 < sigma_min < sigma_max, got {self.sigma_min} and {self.sigma_max}")
-        if self.sigma_data <= 0 or self.rho <= 0:
-            raise ValueError(f"sigma_data and rho must be positive, got {self.sigma_data} and {self.rho}")
+        for name, value in check_scheduler_config(asdict(self)).items():
+            object.__setattr__(self, name, value)
 
     @classmethod
-    def from_dict(cls, config: dict[str, Any]) -> "SchedulerConfig":
-        """Build from a diffusers `scheduler_config.json` dict (extra keys such as `_class_name` are ignored)."""
-        if not isinstance(config, dict):
-            raise TypeError(f"scheduler config must be a dict, got {type(config).__name__}")
-        cls_name = config.get("_class_name")
-        if cls_name not in (None, "CMStochasticIterativeScheduler"):
-            raise ValueError(f"cmrt runs CMStochasticIterativeScheduler, the model's scheduler is {cls_name}")
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in config.items() if k in names})
+    def from_dict(cls, config: dict[str, Any], where: str = "scheduler config") -> "SchedulerConfig":
+        """Build from a diffusers `scheduler_config.json` dict (extra keys such as `_diffusers_version` are ignored)."""
+        return cls(**check_scheduler_config(config, where))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,6 +84,8 @@ def _validate_explicit_timesteps(timesteps: Sequence[Any], n_train: int) -> np.n
     for v in values:
         if isinstance(v, bool) or not isinstance(v, (numbers.Real, np.number)):
             raise TypeError(f"timesteps must be numbers, got {v!r} ({type(v).__name__})")
+    if not all(math.isfinite(v) for v in values):  # NaN passes every comparison below, then casts to INT64_MIN
+        raise ValueError(f"timesteps must be finite integers on the {n_train}-point training grid, got {values}")
     for i in range(1, len(values)):
         if values[i] >= values[i - 1]:
             raise ValueError(f"timesteps must be in strictly descending order, got {values}")

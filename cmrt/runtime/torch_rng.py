@@ -322,8 +322,8 @@ class TorchCPUGenerator:
     # ------------------------------------------------------------ seeding / state
     def manual_seed(self, seed: int) -> "TorchCPUGenerator":
         seed = int(seed)
-        if not -(1 << 63) <= seed < (1 << 64):
-            raise OverflowError("seed must fit in 64 bits")
+        if not -(1 << 63) <= seed < (1 << 64):  # torch's range; torch raises ValueError outside it too
+            raise ValueError(f"seed must be in [-2**63, 2**64) like torch.manual_seed's, got {seed}")
         seed &= (1 << 64) - 1
         self._seed = seed
         self._key = _init_genrand(seed & 0xFFFFFFFF)

@@ -91,3 +91,51 @@ def test_torch_seed_without_torch_in_the_runtime(pairs, small_models, tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert np.abs(np.load(out) - want).max() <= 1e-4
+
+
+# --- a caller's own torch.Generator(s): labels come from torch's global generator, as in diffusers ---
+def _global_then(make):
+    """Seed torch's global generator, then make the call's generator(s) (which may reseed it)."""
+    def factory():
+        torch.manual_seed(123)
+        return make()
+    return factory
+
+
+GENERATOR_CASES = {
+    "own-generator": _global_then(lambda: torch.Generator().manual_seed(9)),
+    "generator-list": _global_then(lambda: [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]),
+    "list-with-the-global-generator": _global_then(lambda: [torch.manual_seed(5), torch.Generator().manual_seed(6)]),
+    "one-generator-twice": _global_then(lambda: [torch.Generator().manual_seed(3)] * 2),
+    "the-global-generator": _global_then(lambda: torch.manual_seed(7)),
+}
+
+
+def _states(gens):
+    gens = gens if isinstance(gens, list) else [gens]
+    return [g.get_state().clone() for g in gens] + [torch.default_generator.get_state().clone()]
+
+
+@pytest.mark.parametrize("case", list(GENERATOR_CASES))
+@pytest.mark.parametrize("sched", SCHEDULES, ids=["1step", "2step"])
+def test_torch_generators_without_labels_reproduce_diffusers(pairs, case, sched):
+    """Images, the caller's generators' final states and torch's global generator all as diffusers leaves them."""
+    ref, pipe = pairs["cond"]
+    make = GENERATOR_CASES[case]
+    gens = make()
+    want = ref(batch_size=2, generator=gens, output_type="np", **sched).images
+    want_states = _states(gens)
+    gens = make()
+    got = pipe(batch_size=2, generator=gens, output_type="np", **sched).images
+    assert np.abs(got - want).max() <= 1e-4
+    for ours, theirs in zip(_states(gens), want_states):
+        assert torch.equal(ours, theirs)
+
+
+def test_torch_generator_labels_do_not_advance_it(pairs):
+    """With labels given nothing is drawn from torch's global generator (diffusers draws none either)."""
+    _, pipe = pairs["cond"]
+    torch.manual_seed(11)
+    before = torch.default_generator.get_state().clone()
+    pipe(batch_size=2, class_labels=[1, 2], generator=torch.Generator().manual_seed(9), output_type="np")
+    assert torch.equal(torch.default_generator.get_state(), before)

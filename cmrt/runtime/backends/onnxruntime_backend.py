@@ -53,6 +53,24 @@ def import_onnxruntime():
     return ort
 
 
+def max_threads() -> int:
+    """The largest intra-op pool cmrt asks for: 4 per core of the machine. More only slows a pool
+    down, and a huge one crashes ONNX Runtime and OpenVINO (threads=10**6 segfaults)."""
+    return 4 * max(1, os.cpu_count() or 1)
+
+
+def check_threads(threads) -> int | None:
+    """`threads` for ONNX Runtime / OpenVINO: None (one per core) or an integer in 1..max_threads()."""
+    if threads is None:
+        return None
+    limit = max_threads()
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= limit:
+        raise ValueError(
+            f"threads must be an integer in 1..{limit} (4 per core of this machine), or None for one per core; got {threads!r}"
+        )
+    return threads
+
+
 class OnnxRuntimeBackend:
     """One InferenceSession on the CPU, created once, run with plain numpy feeds.
     `step_graph` is True when the session runs a step graph (see the module docstring)."""
@@ -73,8 +91,7 @@ class OnnxRuntimeBackend:
         folder's checksums); with it the optimized graph is cached (`ort_graph_cache`) and later
         sessions open from the cache. `check_cache` must then be called before the first run."""
         ort = import_onnxruntime()
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"threads must be a positive integer, got {threads!r}")
+        threads = check_threads(threads)
         self.onnx_path = Path(onnx_path)
         self.threads = threads or physical_cores()
         self.graph_id = graph_id

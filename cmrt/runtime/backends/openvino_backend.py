@@ -40,8 +40,9 @@ class OpenVINOBackend:
     def __init__(self, onnx_path: str | os.PathLike, precision: str = "fp32", threads: int | None = None):
         if precision not in OPENVINO_PRECISIONS:  # checked before the import: a bad argument is a ValueError either way
             raise ValueError(f"precision for the OpenVINO backend must be one of {sorted(OPENVINO_PRECISIONS)}, got {precision!r}")
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"threads must be a positive integer, got {threads!r}")
+        from .onnxruntime_backend import check_threads, physical_cores
+
+        threads = check_threads(threads)
         try:
             import openvino as ov
         except ImportError as e:
@@ -49,7 +50,6 @@ class OpenVINOBackend:
         core = ov.Core()
         if precision == "bf16" and not _cpu_has_bf16(core):
             raise RuntimeError("precision='bf16' needs a CPU with bf16 instructions (AVX512_BF16 or AMX); use 'fp32'")
-        from .onnxruntime_backend import physical_cores
 
         config = {
             "INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision],
