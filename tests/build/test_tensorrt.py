@@ -204,38 +204,53 @@ def test_simulated_build_load_and_cuda_graphs(simulated_gpu, small_models, tmp_p
     model = small_models["cond"][0]
     cache = tmp_path / "timing.cache"
     assert _build_simulated(model, tmp_path / "e", cache) == 0
-    assert "tensorrt engine: unet.fp32.trt11.4.sm90.b1-1-1+2-4-8.plan" in capsys.readouterr().out
+    assert "tensorrt engine: unet.fp32.trt11.4.sm90.b1-1-1+2-4-8.lvl5.plan" in capsys.readouterr().out
     assert cache.read_bytes().startswith(CACHE_MAGIC) and b"NVIDIA Simulated GPU" in cache.read_bytes()
     data = read_manifest(tmp_path / "e", verify=True).data
     e = data["tensorrt"]
-    assert e["validation"]["max_abs_error"] < 1e-5 and e["validation"]["batch_sizes"] == [1, 4, 8]  # folded graph
+    assert e["validation"]["max_abs_error"] < 1e-5 and e["validation"]["batch_sizes"] == [1, 2, 4, 8]  # folded graph
+    assert set(e["validation"]["per_case"]) == {f"batch {b}, step {i}" for b in (1, 2, 4, 8) for i in (0, 1)}
+    assert all(c["x_next_max_abs_error"] < 1e-5 and c["model_output_max_abs_error"] < 1e-5 for c in e["validation"]["per_case"].values())
     assert e["validation"]["comparator"].startswith("polygraphy Comparator")
     assert e["gpu"] == {"name": "NVIDIA Simulated GPU", "compute_capability": "9.0"}
+    # the manifest records both profiles and the level, and the plan really has them
+    assert e["format"] == 3 and e["onnx_file"] == "unet.fp32.step.onnx" and e["options"]["optimization_level"] == 5
+    assert e["profiles"] == [{"min": 1, "opt": 1, "max": 1}, {"min": 2, "opt": 4, "max": 8}]
+    assert e["io"] == {"inputs": data["onnx"]["fp32"]["step"]["inputs"], "outputs": data["onnx"]["fp32"]["step"]["outputs"]}
     header = plan_header(tmp_path / "e" / e["file"])
     sanitized = e["options"]["onnx_sanitized"]
     assert header["nodes"] == sanitized["nodes_after"] < sanitized["nodes_before"]  # built from the folded graph
     assert header["tf32"] is False and header["optimization_level"] == 5  # fp32 means no TF32
-    assert header["profiles"] == [{n: [[b, *rest] for b in (1, 4, 8)] for n, rest in
-                                   (("sample", [3, 16, 16]), ("timestep", []), ("class_labels", []))}]
+    assert [t["name"] for t in header["io"]] == ["x", "timestep", "class_labels", "step_coefs", "noise_term", "x_next", "model_output"]
+    assert header["profiles"] == [
+        {n: [[b, *rest] for b in batches] for n, rest in (("x", [3, 16, 16]), ("timestep", []), ("class_labels", []),
+                                                          ("noise_term", [3, 16, 16]))} | {"step_coefs": [[5]] * 3}
+        for batches in ((1, 1, 1), (2, 4, 8))
+    ]
     assert main(["info", str(tmp_path / "e")]) == 0
-    assert "tensorrt        unet.fp32.trt11.4.sm90.b1-1-1+2-4-8.plan  TensorRT 11.4.0.9, NVIDIA Simulated GPU" in capsys.readouterr().out
+    assert "tensorrt        unet.fp32.trt11.4.sm90.b1-1-1+2-4-8.lvl5.plan  TensorRT 11.4.0.9, NVIDIA Simulated GPU" in capsys.readouterr().out
     assert not sim.violations, sim.violations
 
     ref = cmrt.load(tmp_path / "e", device="cpu")
-    pipe = cmrt.load(tmp_path / "e")  # auto: TensorRT on the (simulated) GPU
-    assert (pipe.backend.name, pipe.backend.device) == ("tensorrt", "cuda")
+    pipe = cmrt.load(tmp_path / "e")  # auto: TensorRT on the (simulated) GPU, through the step graph
+    assert (pipe.backend.name, pipe.backend.device) == ("tensorrt", "cuda") and pipe.step_graph
     with sim.measure() as counts:
         for batch in (1, 3, 8, 3):
             kw = dict(batch_size=batch, seed=batch, timesteps=[22, 0], output_type="np")
             np.testing.assert_allclose(pipe(**kw).images, ref(**kw).images, rtol=0, atol=1e-5)
     assert pipe.backend.graph_batches == [1, 3, 8]
-    # one warm-up enqueue per batch size, every UNet call a graph replay with one host synchronize
-    assert (counts.enqueues, counts.graph_launches, counts.captures) == (3, 8, 3)
-    assert counts.host_syncs == 3 + 8  # a synchronize after each warm-up and one per call
+    # per new batch size a context (one warm-up enqueue and its synchronize) and a capture; then every
+    # generation is one graph launch (both steps) and one host synchronize
+    assert (counts.enqueues, counts.graph_launches, counts.captures) == (3, 4, 3)
+    assert counts.host_syncs == 3 + 4
+    with sim.measure() as counts:
+        pipe(batch_size=3, seed=1, timesteps=[22, 0], output_type="np")
+    assert (counts.host_syncs, counts.graph_launches, counts.enqueues, counts.memcpy_async, counts.captures) == (1, 1, 0, 2, 0)
+    pipe.backend.run(np.zeros((3, 3, 16, 16), np.float32), np.zeros(3, np.float32), np.zeros(3, np.int64))
     with sim.measure() as counts:
         pipe.backend.run(np.zeros((3, 3, 16, 16), np.float32), np.zeros(3, np.float32), np.zeros(3, np.int64))
-    assert (counts.host_syncs, counts.graph_launches, counts.enqueues) == (1, 1, 0)
-    with pytest.raises(ValueError, match="outside this TensorRT engine's profile 1..8"):
+    assert (counts.host_syncs, counts.graph_launches, counts.enqueues, counts.memcpy_async) == (1, 1, 0, 2)
+    with pytest.raises(ValueError, match="outside this TensorRT engine's profiles 1..8"):
         pipe.backend.run(np.zeros((9, 3, 16, 16), np.float32), np.zeros(9, np.float32), np.zeros(9, np.int64))
 
     plain = cmrt.load(tmp_path / "e", backend="tensorrt", use_cuda_graph=False)
