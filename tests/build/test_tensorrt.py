@@ -61,15 +61,19 @@ def test_engine_is_added_to_the_folder_then_reused(folder, monkeypatch, tmp_path
     opts = TensorRTOptions(precision="fp32", timing_cache=str(tmp_path / "tc.cache"))
     r = tb.ensure_tensorrt_engine(folder, opts)
     assert r.built and fake.builds == 1 and r.decision.action == "build"
-    assert r.plan.name == "unet.fp32.trt11.4.sm90.b1-1-1+2-4-8.plan" and r.plan.is_file()
-    assert fake.last["shapes"] == {"sample": (3, 16, 16), "timestep": (), "class_labels": ()}
+    assert r.plan.name == "unet.fp32.trt11.4.sm90.b1-1-1+2-4-8.lvl5.plan" and r.plan.is_file()
+    # built from the (sanitized) step graph, over its inputs
+    assert fake.last["onnx"] == "unet.fp32.step.sanitized.onnx"
+    assert fake.last["inputs"] == ["x", "timestep", "class_labels", "step_coefs", "noise_term"]
     assert fake.last["timing_cache"] == tmp_path / "tc.cache"
     m = read_manifest(folder, verify=True)  # the plan is checksummed like every other file
     e = m.data["tensorrt"]
     assert e["gpu"] == {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
     assert e["tensorrt_version"] == "11.4.0.9" and e["profile"] == {"min": 1, "opt": 4, "max": 8}
-    assert e["onnx_sha256"] == tb.onnx_digest(before, "fp32") and e["onnx_file"] == "unet.fp32.onnx"
-    assert e["onnx_sha256"].startswith(before["files"]["unet.fp32.onnx"]["sha256"] + "+")  # graph + its weight file
+    assert e["onnx_sha256"] == tb.onnx_digest(before, "fp32") and e["onnx_file"] == "unet.fp32.step.onnx"
+    # the step graph + the weight file it reads
+    assert e["onnx_sha256"] == (before["files"]["unet.fp32.step.onnx"]["sha256"] + "+"
+                                + before["files"]["unet.fp32.onnx.data"]["sha256"])
     assert e["validation"]["tolerance"] == 1e-3 and e["options"]["optimization_level"] == 5
     assert set(m.data["files"]) == set(before["files"]) | {r.plan.name}
     assert m.data["build_key"] == before["build_key"]  # the ONNX folder's identity is unchanged

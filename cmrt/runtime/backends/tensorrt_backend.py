@@ -104,6 +104,7 @@ class _Program:
         self.device: cuda.DeviceBuffer | None = None
         self.host: cuda.PinnedArray | None = None
         self.graph: cuda.CudaGraph | None = None
+        self.capture_tried = False
         self.views: dict[str, np.ndarray] = {}
 
     def allocate(self) -> None:
@@ -301,7 +302,7 @@ class TensorRTBackend:
         prog = self._programs.get(key)
         if prog is not None:
             return prog
-        slot = self._slot(batch)
+        self._slot(batch)
         prog = _Program(batch, steps, noisy, self._dims[STEP_X], self.conditional)
         try:
             prog.allocate()
@@ -309,16 +310,20 @@ class TensorRTBackend:
             prog.close()
             raise
         self._programs[key] = prog
-        if self.use_cuda_graph:
-            try:
-                prog.graph = cuda.CudaGraph.capture(self._stream, lambda: self._issue(prog, slot, range(steps)))
-            except Exception as e:
-                self.graph_failures.setdefault(batch, str(e))
-                msg = f"CUDA graph capture failed for batch {batch}, {steps} step(s) ({e}); issuing its work without a graph"
-                logger.warning(msg)
-                warnings.warn(msg, RuntimeWarning, stacklevel=4)
-                self._stream.synchronize()
         return prog
+
+    def _capture(self, prog: _Program) -> None:
+        """Capture every step of `prog` into its CUDA graph (first launch only); on failure it is issued without one."""
+        prog.capture_tried = True
+        slot = self._slots[prog.batch]
+        try:
+            prog.graph = cuda.CudaGraph.capture(self._stream, lambda: self._issue(prog, slot, range(prog.steps)))
+        except Exception as e:
+            self.graph_failures.setdefault(prog.batch, str(e))
+            msg = f"CUDA graph capture failed for batch {prog.batch}, {prog.steps} step(s) ({e}); issuing its work without a graph"
+            logger.warning(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=5)
+            self._stream.synchronize()
 
     def _issue(self, prog: _Program, slot: _Slot, steps: range) -> None:
         """Queue the work of `steps` of `prog` on the stream (what its graph holds, when `steps` is all of them)."""
@@ -342,6 +347,8 @@ class TensorRTBackend:
 
     def _launch(self, prog: _Program, steps: range | None = None) -> None:
         """Queue `steps` of `prog` (all: its graph, where it has one) between the two timing events."""
+        if steps is None and self.use_cuda_graph and not prog.capture_tried:
+            self._capture(prog)
         start, end = self._events
         start.record(self._stream)
         if steps is None and prog.graph is not None:
