@@ -65,6 +65,7 @@ from ...engine.io_spec import (
 )
 from ...engine.tensorrt import Profile, profile_index_for
 from . import cuda
+from .staging import GenerationLayout
 
 logger = logging.getLogger(__name__)
 
@@ -83,24 +84,12 @@ class _Slot:
 
 
 class _Program:
-    """A generation's shape (batch, steps, whether it renoises): its staging buffers and CUDA graph.
+    """A generation's shape (batch, steps, whether it renoises): its staging buffers (device, and
+    the pinned host mirror one copy uploads) laid out by `GenerationLayout`, and its CUDA graph."""
 
-    The staging layout is what one host-to-device copy fills: x_T, labels, per-step timesteps
-    [steps, B], per-step constants [steps, len(STEP_COEF_ORDER)], per-step renoising terms
-    [steps, B, C, H, W] (absent when it does not renoise)."""
-
-    def __init__(self, batch: int, steps: int, noisy: bool, sample_tail: tuple[int, ...], conditional: bool):
-        self.batch, self.steps, self.noisy = batch, steps, noisy
-        self.shapes = {
-            "x": ((batch, *sample_tail), np.float32),
-            "labels": ((batch,) if conditional else (0,), np.int64),
-            "timesteps": ((steps, batch), np.float32),
-            "coefs": ((steps, len(STEP_COEF_ORDER)), np.float32),
-            "noise": ((steps, batch, *sample_tail) if noisy else (0,), np.float32),
-        }
-        sizes = [int(np.prod(s, dtype=np.int64)) * np.dtype(d).itemsize for s, d in self.shapes.values()]
-        offsets, self.nbytes = cuda.aligned_layout(sizes)
-        self.offsets = dict(zip(self.shapes, offsets))
+    def __init__(self, layout: GenerationLayout):
+        self.layout = layout
+        self.batch, self.steps, self.noisy = layout.batch, layout.steps, layout.noisy
         self.device: cuda.DeviceBuffer | None = None
         self.host: cuda.PinnedArray | None = None
         self.graph: cuda.CudaGraph | None = None
@@ -108,23 +97,19 @@ class _Program:
         self.views: dict[str, np.ndarray] = {}
 
     def allocate(self) -> None:
-        self.device = cuda.DeviceBuffer(self.nbytes)
-        self.host = cuda.PinnedArray((self.nbytes,), np.uint8)
-        for name, (shape, dtype) in self.shapes.items():
-            off, n = self.offsets[name], int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-            self.views[name] = self.host.array[off:off + n].view(dtype).reshape(shape)
+        self.device = cuda.DeviceBuffer(self.layout.nbytes)
+        self.host = cuda.PinnedArray((self.layout.nbytes,), np.uint8)
+        self.views = self.layout.views(self.host.array)
 
     def ptr(self, name: str, step: int = 0) -> int:
-        """Device address of `name` (of step `step`'s part for the per-step regions)."""
-        shape, dtype = self.shapes[name]
-        per = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize if name in ("timesteps", "coefs", "noise") else 0
-        return self.device.ptr + self.offsets[name] + step * per
+        """Device address of `name` (of step `step`'s share for the per-step parts)."""
+        return self.device.ptr + self.layout.offset(name, step)
 
     def close(self) -> None:
         if self.graph is not None:
             self.graph.close()
             self.graph = None
-        self.views.clear()
+        self.views = {}
         for buf in (self.host, self.device):
             if buf is not None:
                 buf.close()
@@ -303,7 +288,7 @@ class TensorRTBackend:
         if prog is not None:
             return prog
         self._slot(batch)
-        prog = _Program(batch, steps, noisy, self._dims[STEP_X], self.conditional)
+        prog = _Program(GenerationLayout(batch, steps, noisy, self._dims[STEP_X], self.conditional))
         try:
             prog.allocate()
         except BaseException:
@@ -368,40 +353,6 @@ class TensorRTBackend:
         """The one host-to-device copy of a call: the whole pinned mirror into the staging buffer."""
         cuda.copy_htod_async(prog.device.ptr, prog.host.array, self._stream)
 
-    def _fill(self, prog: _Program, x: np.ndarray, labels: np.ndarray | None, timesteps: Sequence[np.ndarray],
-              coefs: np.ndarray, renoise: np.ndarray | None) -> None:
-        """Check the inputs against the program's shapes and pack them into its pinned mirror."""
-        v, b = prog.views, prog.batch
-        x = np.asarray(x)
-        if x.shape != v["x"].shape:
-            raise ValueError(f"the sample has shape {x.shape}, expected {v['x'].shape}")
-        np.copyto(v["x"], x, casting="same_kind")
-        if self.conditional:
-            if labels is None:
-                raise ValueError("this engine needs class_labels")
-            labels = np.asarray(labels)
-            if labels.shape != (b,) or not np.issubdtype(labels.dtype, np.integer):
-                raise ValueError(f"class_labels must be {b} integers, got {labels.dtype} {labels.shape}")
-            np.copyto(v["labels"], labels, casting="same_kind")
-        elif labels is not None:
-            raise ValueError("class_labels were given but this engine is unconditional")
-        if len(timesteps) != prog.steps:
-            raise ValueError(f"{len(timesteps)} timestep arrays for {prog.steps} steps")
-        for i, t in enumerate(timesteps):
-            t = np.asarray(t)
-            if t.shape != (b,):
-                raise ValueError(f"timesteps[{i}] has shape {t.shape}, expected {(b,)}")
-            np.copyto(v["timesteps"][i], t, casting="same_kind")
-        coefs = np.asarray(coefs)
-        if coefs.shape != v["coefs"].shape:
-            raise ValueError(f"coefs has shape {coefs.shape}, expected {v['coefs'].shape} (steps, {len(STEP_COEF_ORDER)})")
-        np.copyto(v["coefs"], coefs, casting="same_kind")
-        if prog.noisy:
-            renoise = np.asarray(renoise)
-            if renoise.shape != v["noise"].shape:
-                raise ValueError(f"renoise has shape {renoise.shape}, expected {v['noise'].shape}")
-            np.copyto(v["noise"], renoise, casting="same_kind")
-
     def _check_batch(self, batch: int) -> None:
         if not self.min_batch <= batch <= self.max_batch:
             raise ValueError(
@@ -433,7 +384,7 @@ class TensorRTBackend:
         with self._lock:
             self._ready()
             prog = self._program(batch, 1, False)
-            self._fill(prog, sample, class_labels, (timestep,), self._unet_only[None], None)
+            prog.layout.fill(prog.views, sample, class_labels, (timestep,), self._unet_only[None], None)
             self._upload(prog)
             self._launch(prog)
             self._download_and_wait(batch, (OUTPUT,))
@@ -461,7 +412,7 @@ class TensorRTBackend:
         with self._lock:
             self._ready()
             prog = self._program(batch, steps, renoise is not None)
-            self._fill(prog, sample, class_labels, timesteps, coefs, renoise)
+            prog.layout.fill(prog.views, sample, class_labels, timesteps, coefs, renoise)
             self._upload(prog)
             if on_step is None:
                 self._launch(prog)
@@ -484,7 +435,7 @@ class TensorRTBackend:
             self._ready()
             prog = self._program(batch, 1, True)
             coefs = np.asarray(feeds[STEP_COEFS])[None]
-            self._fill(prog, x, feeds.get(CLASS_LABELS), (feeds[TIMESTEP],), coefs, np.asarray(feeds[NOISE_TERM])[None])
+            prog.layout.fill(prog.views, x, feeds.get(CLASS_LABELS), (feeds[TIMESTEP],), coefs, np.asarray(feeds[NOISE_TERM])[None])
             self._upload(prog)
             self._launch(prog)
             self._download_and_wait(batch, (STEP_OUTPUT, OUTPUT))
