@@ -343,3 +343,61 @@ def test_simulated_engine_that_misses_fails_the_build(simulated_gpu, folder):
     sim.trt.corrupt = float("nan")
     with pytest.raises(EngineValidationError, match="NaN or Inf"):
         tb.ensure_tensorrt_engine(folder, opts)
+
+
+def _engine_of_an_older_cmrt(folder, fmt):
+    """Install in `folder` the TensorRT engine an older cmrt built on this (simulated) GPU: from the plain
+    UNet graph with one optimization profile over batch 1..8 (opt 4); entry format 2 (phase 1 of #17:
+    latency profiles recorded, level 5) or 1 (before them: level 3)."""
+    import tensorrt as trt
+
+    from cmrt.engine.atomic import write_json_atomic
+    from cmrt.engine.manifest import file_record
+    from tests.fakes.environments import format1_entry
+
+    data = json.loads((folder / "manifest.json").read_text())
+    builder = trt.Builder(trt.Logger())
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    assert trt.OnnxParser(network, trt.Logger()).parse_from_file(str(folder / "unet.fp32.onnx"))
+    config = builder.create_builder_config()
+    config.builder_optimization_level = 5 if fmt == 2 else 3
+    profile = builder.create_optimization_profile()
+    for name, rest in (("sample", (3, 16, 16)), ("timestep", ()), ("class_labels", ())):
+        profile.set_shape(name, (1, *rest), (4, *rest), (8, *rest))
+    config.add_optimization_profile(profile)
+    name = "unet.fp32.trt11.4.sm90." + ("b1-1-1+2-4-8.plan" if fmt == 2 else "b1-4-8.plan")
+    (folder / name).write_bytes(bytes(builder.build_serialized_network(network, config)))
+    options = TensorRTOptions(precision="fp32", optimization_level=config.builder_optimization_level)
+    platform = Platform("NVIDIA Simulated GPU", (9, 0), "11.4.0.9")
+    plain = data["files"]["unet.fp32.onnx"]["sha256"] + "+" + data["files"]["unet.fp32.onnx.data"]["sha256"]
+    entry = te.engine_entry(name, options, Profile(1, 4, 8), platform, "unet.fp32.onnx", plain,
+                            fake_validation(1e-3), {"build_seconds": 1.0})
+    entry = dict(entry, format=2, io=None) if fmt == 2 else format1_entry(entry, name)
+    data["tensorrt"] = entry
+    data["files"][name] = file_record(folder, name)
+    write_json_atomic(folder / "manifest.json", data)
+    return name
+
+
+@pytest.mark.parametrize("fmt, reason", [(2, "built from the plain UNet graph"), (1, "built before latency profiles")])
+def test_a_folder_built_by_an_older_cmrt_is_rebuilt_on_load_with_the_reason(simulated_gpu, folder, caplog, fmt, reason):
+    """End to end on the strict fake: the older engine is never deserialized into the step-graph backend;
+    `cmrt.load` logs why it rebuilds, builds from the step graph, and serves one synchronize per generation."""
+    import cmrt
+
+    sim = simulated_gpu
+    old = _engine_of_an_older_cmrt(folder, fmt)
+    ref = cmrt.load(folder, device="cpu")
+    with caplog.at_level(logging.WARNING, logger="cmrt"):
+        pipe = cmrt.load(folder, precision="fp32")  # auto
+    warned = [r.getMessage() for r in caplog.records if "building its TensorRT engine now" in r.getMessage()]
+    assert len(warned) == 1 and reason in warned[0]
+    assert (pipe.backend.name, pipe.step_graph) == ("tensorrt", True)
+    e = read_manifest(folder, verify=True).data["tensorrt"]
+    assert e["format"] == 3 and e["onnx_file"] == "unet.fp32.step.onnx" and not (folder / old).exists()
+    kw = dict(batch_size=4, seed=2, timesteps=[22, 0], output_type="np")
+    pipe(**kw)
+    with sim.measure() as c:
+        np.testing.assert_allclose(pipe(**kw).images, ref(**kw).images, rtol=0, atol=1e-5)
+    assert (c.host_syncs, c.graph_launches) == (1, 1)
+    assert not sim.violations, sim.violations
