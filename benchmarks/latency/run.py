@@ -137,12 +137,16 @@ def make_systems(folder: Path, engine: Path, args, notes: list[str]):
 
 
 def gpu_variants():
-    """cmrt GPU configurations: ONNX Runtime CUDA and TensorRT, each with and without CUDA graphs."""
+    """cmrt GPU configurations: ONNX Runtime CUDA and TensorRT, each with and without CUDA graphs, through the
+    step graph (the default: every step on the device, one synchronize per generation), and TensorRT with
+    graphs driven step by step from the numpy loop (one synchronize per step), which shows what the step graph buys."""
     return [
         ("cmrt onnxruntime cuda", dict(backend="onnxruntime", device="cuda", use_cuda_graph=False)),
         ("cmrt onnxruntime cuda + graphs", dict(backend="onnxruntime", device="cuda", use_cuda_graph=True)),
         ("cmrt tensorrt fp16", dict(backend="tensorrt", device="cuda", use_cuda_graph=False)),
         ("cmrt tensorrt fp16 + graphs", dict(backend="tensorrt", device="cuda", use_cuda_graph=True)),
+        ("cmrt tensorrt fp16 + graphs, numpy loop", dict(backend="tensorrt", device="cuda", use_cuda_graph=True,
+                                                         step_graph=False)),
     ]
 
 

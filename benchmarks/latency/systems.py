@@ -129,8 +129,13 @@ class CmrtSystem(System):
         super().__init__(name=name or f"cmrt {b.name} {b.device}", kind="cmrt")
         self.num_classes = self.pipe.num_classes
         b.run = self.clock.wrap(b.run)
-        if self.pipe.step_graph:  # generation calls run_step: the UNet and the step's arithmetic, in one graph
-            b.run_step = self.clock.wrap(b.run_step)
+        if self.pipe.step_graph:
+            # generation goes through the step graph: the UNet and the step's arithmetic in one graph. A backend
+            # with `run_step` steps through it from the host (its time is the UNet's); one without runs every step
+            # on the device in one `run_steps` call (TensorRT, ONNX Runtime CUDA), whose time is then the UNet's
+            # (with the step arithmetic, the one upload and the one download)
+            name = "run_step" if hasattr(b, "run_step") else "run_steps"
+            setattr(b, name, self.clock.wrap(getattr(b, name)))
         self.pipe.step_plan = self.clock.loop_starts_after(self.pipe.step_plan)
         self.pipe.postprocess_image = self.clock.loop_ends_before(self.pipe.postprocess_image)
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -133,15 +133,16 @@ def write_step_graph(folder: Path, graph_file: str) -> str:
     return name
 
 
-def validation_cases(unet: Mapping[str, Any], scheduler: Mapping[str, Any]):
-    """(step index, batch, step graph feeds) for the validation: the steps of a real schedule,
-    samples at each step's sigma, labels, a scaled renoising term. Seeded: repeatable."""
+def validation_cases(unet: Mapping[str, Any], scheduler: Mapping[str, Any], batches: Sequence[int] = VALIDATION_BATCHES):
+    """(step index, batch, step constants, step graph feeds) for a validation: the steps of a real
+    schedule, samples at each step's sigma, labels, a scaled renoising term, at `batches`
+    (a TensorRT engine is validated at its own). Seeded: repeatable."""
     from ..runtime import scheduler as cm
 
     cfg = cm.SchedulerConfig.from_dict(dict(scheduler))
     schedule = cm.make_schedule(cfg, num_inference_steps=VALIDATION_STEPS)
     plan = cm.step_constants(schedule, cfg)
-    for b in VALIDATION_BATCHES:
+    for b in batches:
         arrays = cm.step_arrays(plan, b, clip=cfg.clip_denoised)
         for i, k in enumerate(plan):
             base = sample_inputs(unet, scheduler, b, seed=3000 + 10 * b + i)

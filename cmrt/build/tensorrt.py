@@ -3,11 +3,14 @@
 What to build, when to rebuild and what to call the plan are decided in
 `cmrt.engine.tensorrt` (pure, shared with the run time's backend selection); this module
 does the TensorRT and CUDA work, imported lazily, through NVIDIA's polygraphy where it does
-the job: `sanitize_onnx` folds constants (polygraphy's surgeon, on the CPU), `build_plan`
-builds a strongly typed engine with polygraphy's loaders (precision comes from the ONNX
-graph) and cmrt's timing-cache step, `validate_plan` runs the engine as served (cmrt's
-CUDA-graph backend) against ONNX Runtime fp32 through polygraphy's Comparator, and
-`ensure_tensorrt_engine` installs it in the folder atomically.
+the job. The engine is built from the folder's step graph (`cmrt.engine.step_graph`: the
+UNet with one consistency step around it), so that the backend runs a whole generation in
+one CUDA graph: `sanitize_onnx` folds constants (polygraphy's surgeon, on the CPU),
+`build_plan` builds a strongly typed engine with the latency profiles and the optimization
+level with polygraphy's loaders (precision comes from the ONNX graph) and cmrt's
+timing-cache step, `validate_plan` runs the engine as served (cmrt's CUDA-graph backend)
+against ONNX Runtime fp32 through polygraphy's Comparator, and `ensure_tensorrt_engine`
+installs it in the folder atomically.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..engine.errors import BackendUnavailableError, EngineFolderError, EngineValidationError
-from ..engine.io_spec import CLASS_LABELS, OUTPUT, SAMPLE, TIMESTEP, sample_inputs
+from ..engine.io_spec import OUTPUT, STEP_OUTPUT
 from ..engine.tensorrt import (
     ENTRY_KEY,
     EngineDecision,
@@ -35,8 +38,12 @@ from ..engine.tensorrt import (
     engine_entry,
     engine_file_name,
     onnx_digest,
+    optimization_profiles,
     profile_for,
+    profile_shapes,
     rebuild_blocker,
+    step_record,
+    validation_batches,
     wanted_settings,
 )
 
@@ -185,34 +192,43 @@ def _save_timing_cache(config: Any, timing_cache: Path) -> None:
 
 def build_plan(
     onnx_path: Path,
-    input_shapes: dict[str, tuple[int, ...]],
+    inputs: list[dict[str, Any]],
     batches: Profile,
     options: TensorRTOptions,
     timing_cache: Path | None,
 ) -> tuple[bytes, dict[str, Any]]:
     """Build a strongly typed engine from `onnx_path` with polygraphy's loaders; returns (plan bytes, build facts).
 
-    `input_shapes` maps each input to its shape without the batch axis. The network is parsed
-    strongly typed (precision comes from the ONNX graph: TensorRT 11 has no precision flags);
-    the config has one optimization profile over the batch axis, the builder optimization
-    level, TF32 off for fp32 engines and the workspace limit, and the timing cache attached by
-    `_attach_timing_cache`.
+    `inputs` is the graph's I/O spec inputs (names, shapes with "batch" first). The network is
+    parsed strongly typed (precision comes from the ONNX graph: TensorRT 11 has no precision
+    flags); the config has the latency profiles of the batch range `batches`
+    (`optimization_profiles`, in order: a context selects one by index), the builder
+    optimization level, TF32 off for fp32 engines and the workspace limit, and the timing
+    cache attached by `_attach_timing_cache`. Inputs without a batch axis (`step_coefs`) have
+    their one shape in every profile.
     """
     trt = _trt()
     _polygraphy()
     from polygraphy.backend.trt import Profile as PolygraphyProfile
     from polygraphy.backend.trt import create_config, engine_bytes_from_network, network_from_onnx_path
 
-    profile = PolygraphyProfile()
-    for name, rest in input_shapes.items():
-        profile.add(name, min=(batches.min, *rest), opt=(batches.opt, *rest), max=(batches.max, *rest))
+    # inputs without a batch axis have their one shape in every profile (polygraphy wants each input there)
+    static = {t["name"]: tuple(int(d) for d in t["shape"]) for t in inputs if list(t["shape"][:1]) != ["batch"]}
+    profiles = []
+    for shapes in profile_shapes(optimization_profiles(batches), inputs):
+        profile = PolygraphyProfile()
+        for name, (mn, opt, mx) in shapes.items():
+            profile.add(name, min=mn, opt=opt, max=mx)
+        for name, shape in static.items():
+            profile.add(name, min=shape, opt=shape, max=shape)
+        profiles.append(profile)
     pools = {trt.MemoryPoolType.WORKSPACE: int(options.workspace_mib) << 20} if options.workspace_mib else None
     with _polygraphy_logging():
         with _polygraphy_errors(f"TensorRT could not parse {onnx_path.name}"):
             builder, network, parser = network_from_onnx_path(str(onnx_path), strongly_typed=True)
         with _polygraphy_errors("TensorRT rejected the builder configuration"):
             config = create_config(
-                builder, network, profiles=[profile], builder_optimization_level=int(options.optimization_level),
+                builder, network, profiles=profiles, builder_optimization_level=int(options.optimization_level),
                 tf32=options.precision != "fp32",  # fp32 means fp32: no TF32 tensor-core rounding
                 memory_pool_limits=pools,
             )
@@ -234,7 +250,7 @@ def build_plan(
 # --- validation ----------------------------------------------------------------------------
 def _backend_runner(backend: Any, inputs: list[dict[str, Any]], name: str):
     """A polygraphy runner over a cmrt backend, so that polygraphy's Comparator drives the engine
-    exactly as it is served (pinned staging, one context and CUDA graph per batch size)."""
+    exactly as it is served (pinned staging, one upload, one context and CUDA graph per batch size)."""
     from polygraphy.backend.base import BaseRunner
     from polygraphy.common import TensorMetadata
 
@@ -245,14 +261,15 @@ def _backend_runner(backend: Any, inputs: list[dict[str, Any]], name: str):
         def get_input_metadata_impl(self):
             meta = TensorMetadata()
             for t in inputs:
-                meta.add(t["name"], dtype=np.dtype(t["dtype"]), shape=[None, *t["shape"][1:]])
+                dims = list(t["shape"])
+                meta.add(t["name"], dtype=np.dtype(t["dtype"]), shape=[None, *dims[1:]] if dims[:1] == ["batch"] else dims)
             return meta
 
         def infer_impl(self, feed_dict):
             t0 = time.perf_counter()
-            out = backend.run(feed_dict[SAMPLE], feed_dict[TIMESTEP], feed_dict.get(CLASS_LABELS))
+            out = backend.step_outputs(feed_dict)
             self.inference_time = time.perf_counter() - t0
-            return {OUTPUT: out}
+            return out
 
         def deactivate_impl(self):
             pass
@@ -268,58 +285,74 @@ def validate_plan(
     precision: str,
     tolerance: float,
 ) -> dict[str, Any]:
-    """Run the engine (the TensorRT backend, as served) against ONNX Runtime fp32 at min/opt/max batch.
+    """Run the engine (the TensorRT backend, as served) against ONNX Runtime fp32 on the step graph.
 
-    polygraphy's Comparator runs both on the same inputs (`sample_inputs`, seeded) and compares
-    the UNet output with `SimpleCompareFunc` on the max abs error; NaN/Inf in the engine's output
-    fails first (Comparator.validate), the error over `tolerance` next."""
+    At every profile's min, opt and max batch (`validation_batches`), on both steps of a 2-step
+    schedule (`cmrt.build.step_graph.validation_cases`: samples at each step's sigma, the
+    step's constants, a renoising term), polygraphy's Comparator runs both on the same inputs
+    and compares both outputs, `x_next` and the UNet output, with `SimpleCompareFunc` on the
+    max abs error; NaN/Inf in the engine's output fails first (Comparator.validate), an error
+    over `tolerance` next."""
     _polygraphy()
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
     from polygraphy.comparator import Comparator, SimpleCompareFunc
 
     from ..runtime.backends.tensorrt_backend import TensorRTBackend
+    from .step_graph import validation_cases
 
-    ref_precision = "fp32" if "fp32" in data["onnx"] else precision
+    ref_precision = "fp32" if step_record(data, "fp32") else precision
     if ref_precision != "fp32":
-        logger.warning("the folder has no fp32 ONNX model: validating the TensorRT engine against %s ONNX Runtime", ref_precision)
-    ref_path = folder / data["onnx"][ref_precision]["file"]
-    io = {"inputs": data["onnx"][precision]["inputs"], "outputs": data["onnx"][precision]["outputs"]}
-    feeds = [sample_inputs(data["unet"], data["scheduler"], b, seed=2000 + i) for i, b in enumerate(batches.validation_batches)]
-    candidate = TensorRTBackend(plan_path, io, profile=(batches.min, batches.opt, batches.max))
+        logger.warning("the folder has no fp32 step graph: validating the TensorRT engine against %s ONNX Runtime", ref_precision)
+    ref_path = folder / step_record(data, ref_precision)["file"]
+    step = step_record(data, precision)
+    io = {"inputs": step["inputs"], "outputs": step["outputs"]}
+    profiles = optimization_profiles(batches)
+    sizes = validation_batches(profiles)
+    cases = [(f"batch {b}, step {i}", b, feeds) for i, b, _, feeds in validation_cases(data["unet"], data["scheduler"], sizes)]
+    candidate = TensorRTBackend(plan_path, io, profiles)
     runners = [
         OnnxrtRunner(SessionFromOnnx(str(ref_path), providers=["cpu"]), name="onnxruntime"),
         _backend_runner(candidate, io["inputs"], name="tensorrt"),
     ]
     try:
         with _polygraphy_logging(), _polygraphy_errors(f"could not run {plan_path.name} against ONNX Runtime"):
-            results = Comparator.run(runners, data_loader=feeds)
+            results = Comparator.run(runners, data_loader=[feeds for _, _, feeds in cases])
     finally:
         candidate.close()
     with _polygraphy_logging():
         compared = Comparator.compare_accuracy(
             results, compare_func=SimpleCompareFunc(atol=tolerance, rtol=0.0, check_error_stat="max")
         )
-    (pair,) = compared[0].values()  # one comparison: onnxruntime vs tensorrt, one entry per batch size
-    per_batch: dict[str, dict[str, float]] = {}
-    for b, out, cmp in zip(batches.validation_batches, results["tensorrt"], pair):
+    (pair,) = compared[0].values()  # one comparison: onnxruntime vs tensorrt, one entry per case
+    per_case: dict[str, dict[str, Any]] = {}
+    per_batch: dict[str, dict[str, Any]] = {}
+    for (key, b, _), out, cmp in zip(cases, results["tensorrt"], pair):
         with _polygraphy_logging():
             finite = bool(Comparator.validate(_one_run("tensorrt", out), check_inf=True, check_nan=True))
-        stats = cmp[OUTPUT]
-        per_batch[str(b)] = {
-            "finite": finite,
-            "max_abs_error": float(stats.max_absdiff) if finite else float("inf"),
-            "mean_abs_error": float(stats.mean_absdiff) if finite else float("inf"),
-        }
+        case = {"finite": finite}
+        for name in (STEP_OUTPUT, OUTPUT):
+            stats = cmp[name]
+            case[f"{name}_max_abs_error"] = float(stats.max_absdiff) if finite else float("inf")
+            case[f"{name}_mean_abs_error"] = float(stats.mean_absdiff) if finite else float("inf")
+        per_case[key] = case
+        worst_case = max(case[f"{n}_max_abs_error"] for n in (STEP_OUTPUT, OUTPUT))
+        mean_case = max(case[f"{n}_mean_abs_error"] for n in (STEP_OUTPUT, OUTPUT))
+        got = per_batch.setdefault(str(b), {"finite": True, "max_abs_error": 0.0, "mean_abs_error": 0.0})
+        got["finite"] = got["finite"] and finite
+        got["max_abs_error"] = max(got["max_abs_error"], worst_case)
+        got["mean_abs_error"] = max(got["mean_abs_error"], mean_case)
     worst = max(v["max_abs_error"] for v in per_batch.values())
     result = {
-        "reference": f"onnxruntime {ref_precision} ONNX, CPUExecutionProvider",
-        "metric": "max abs error of the UNet output",
+        "reference": f"onnxruntime {ref_precision} step graph ({ref_path.name}), CPUExecutionProvider",
+        "metric": f"max abs error of {STEP_OUTPUT} and of the UNet output ({OUTPUT})",
         "comparator": "polygraphy Comparator, SimpleCompareFunc(check_error_stat='max')",
-        "batch_sizes": batches.validation_batches,
+        "inputs": "both steps of num_inference_steps=2 (samples at each step's sigma, its constants, a renoising term)",
+        "batch_sizes": sizes,
         "tolerance": float(tolerance),
         "max_abs_error": worst,
         "mean_abs_error": max(v["mean_abs_error"] for v in per_batch.values()),
         "per_batch": per_batch,
+        "per_case": per_case,
     }
     bad_nan = [b for b, v in per_batch.items() if not v["finite"]]
     if bad_nan:
@@ -334,7 +367,7 @@ def validate_plan(
             f"{precision} tolerance {tolerance}; per batch size: {errs}. The engine was not installed."
         )
     logger.info("validated %s against ONNX Runtime %s: max abs error %.3g (tolerance %g) at batch sizes %s",
-                plan_path.name, ref_precision, worst, tolerance, batches.validation_batches)
+                plan_path.name, ref_precision, worst, tolerance, sizes)
     return result
 
 
@@ -394,15 +427,18 @@ def ensure_tensorrt_engine(
         if not decision_now.needs_build and not force:
             return EngineResult(folder / entry["file"], entry, decision_now, built=False)
         logger.info("building TensorRT engine in %s: %s", folder, decision.reason)
-        onnx_entry = data["onnx"][options.precision]
-        input_shapes = {i["name"]: tuple(int(d) for d in i["shape"][1:]) for i in onnx_entry["inputs"]}
+        blocker = rebuild_blocker(data, options.precision)
+        if blocker:
+            raise EngineFolderError(f"{folder}: cannot build a TensorRT engine: {blocker}")
+        step = step_record(data, options.precision)  # what the engine is built from: the step graph
         timing_cache = None
         if options.use_timing_cache:
             timing_cache = Path(options.timing_cache) if options.timing_cache else default_timing_cache(platform)
         with tempfile.TemporaryDirectory(prefix=".sanitized-", dir=folder) as tmp:
-            graph, sanitized = sanitize_onnx(folder / onnx_entry["file"], Path(tmp))
-            plan_bytes, facts = build_plan(graph, input_shapes, batches, options, timing_cache)
-        name = engine_file_name(options.precision, platform.tensorrt_version, platform.compute_capability, batches)
+            graph, sanitized = sanitize_onnx(folder / step["file"], Path(tmp))
+            plan_bytes, facts = build_plan(graph, step["inputs"], batches, options, timing_cache)
+        name = engine_file_name(options.precision, platform.tensorrt_version, platform.compute_capability, batches,
+                                optimization_level=options.optimization_level)
         tmp_plan = folder / f".{name}.validating"
         write_bytes_atomic(tmp_plan, plan_bytes)
         try:
@@ -411,7 +447,7 @@ def ensure_tensorrt_engine(
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp_plan.unlink()
-        new_entry = engine_entry(name, options, batches, platform, onnx_entry["file"], digest, validation, facts)
+        new_entry = engine_entry(name, options, batches, platform, step["file"], digest, validation, facts, io=step)
         new_entry["options"]["onnx_sanitized"] = sanitized  # what TensorRT parsed: the folder's graph, constants folded
         new_data = dict(data)
         files = dict(data["files"])

@@ -1,7 +1,9 @@
 """TensorRT engines in an engine folder: the pure decisions, readable without TensorRT.
 
-The engine is built (by `cmrt.build.tensorrt`) from the folder's fp16 ONNX graph as a
-strongly typed network at the highest builder optimization level. Its optimization
+The engine is built (by `cmrt.build.tensorrt`) from the step graph of the folder's fp16 ONNX
+graph (the UNet with one consistency step around it, `cmrt.engine.step_graph`), as a strongly
+typed network at the highest builder optimization level, so that a backend can run every step
+of a generation in one CUDA graph. Its optimization
 profiles over the batch axis are decided here (`optimization_profiles`: one with opt = 1
 that serves batch 1, the latency case, and one for the rest of the folder's range tuned at
 its opt batch; `profile_shapes` gives the builder each profile's input shapes, and an
@@ -30,8 +32,9 @@ from .io_spec import PRECISIONS, TOLERANCE
 from .paths import cache_root
 
 ENTRY_KEY = "tensorrt"
-# 2: latency profiles (`profiles`) beside the batch range (`profile`); 1: one profile over the range
-ENTRY_FORMAT = 2
+# 3: built from the step graph (I/O in `io`); 2: latency profiles (`profiles`) beside the batch
+# range (`profile`), built from the plain UNet graph; 1: one profile over the range
+ENTRY_FORMAT = 3
 # The highest builder optimization level: the longest build, the fastest kernels; the timing
 # cache (per GPU model and TensorRT version) makes a rebuild at the same shapes cheap.
 DEFAULT_OPTIMIZATION_LEVEL = 5
@@ -217,13 +220,23 @@ class EngineDecision:
         return self.action != "reuse"
 
 
-def onnx_digest(data: dict[str, Any], precision: str) -> str | None:
-    """The SHA-256 the engine entry is keyed on: the ONNX file's (and its external data's, if any)."""
+def step_record(data: dict[str, Any], precision: str) -> dict[str, Any] | None:
+    """The manifest's record of the step graph of the `precision` graph (what the engine is built
+    from: file, I/O), None where the folder has none (built before step graphs)."""
     entry = data.get("onnx", {}).get(precision)
-    if entry is None:
+    step = entry.get("step") if isinstance(entry, dict) else None
+    return dict(step) if step else None
+
+
+def onnx_digest(data: dict[str, Any], precision: str) -> str | None:
+    """The SHA-256 the engine entry is keyed on: the step graph's file and the weight file it
+    reads (the `precision` graph's external data, if any); None where there is no step graph."""
+    entry = data.get("onnx", {}).get(precision)
+    step = step_record(data, precision)
+    if entry is None or step is None:
         return None
     files = data.get("files", {})
-    main = files.get(entry["file"], {}).get("sha256")
+    main = files.get(step["file"], {}).get("sha256")
     if main is None:
         return None
     ext = entry.get("external_data")
@@ -284,6 +297,12 @@ def engine_decision(
             f"optimization level {settings['optimization_level']}, so batch 1 runs kernels tuned for batch "
             f"{settings['profile']['opt']}){now}",
         )
+    if fmt == 2:  # latency profiles, from the plain UNet graph
+        return EngineDecision(
+            "rebuild",
+            "the engine was built from the plain UNet graph; this cmrt builds it from the step graph, so that a "
+            "generation runs every step in one CUDA graph with one host synchronize",
+        )
     if fmt != ENTRY_FORMAT:
         return EngineDecision("rebuild", f"the TensorRT entry has format {fmt}, this cmrt writes {ENTRY_FORMAT}")
     try:
@@ -329,14 +348,17 @@ def engine_entry(
     onnx_sha256: str | None,
     validation: dict[str, Any],
     facts: dict[str, Any],
+    io: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The manifest's `tensorrt` entry. Pure."""
+    """The manifest's `tensorrt` entry (`onnx_file`: the step graph it was built from, `io` its
+    inputs and outputs). Pure."""
     return {
         "format": ENTRY_FORMAT,
         "file": file,
         "precision": options.precision,
         "onnx_file": onnx_file,
         "onnx_sha256": onnx_sha256,
+        "io": None if io is None else {"inputs": list(io["inputs"]), "outputs": list(io["outputs"])},
         "tensorrt_version": platform.tensorrt_version,
         "gpu": {"name": platform.gpu_name, "compute_capability": cc_string(platform.compute_capability)},
         "cuda": {k: v for k, v in platform.extra.items() if v is not None},
@@ -364,6 +386,11 @@ def rebuild_blocker(data: dict[str, Any], precision: str, tensorrt_missing: str 
         return (
             f"the folder has no {precision} ONNX model to build it from (it has {have}); rebuild the folder with "
             f"`cmrt build MODEL --precision fp32 {precision}`"
+        )
+    if step_record(data, precision) is None:
+        return (
+            f"the folder has no step graph of its {precision} graph, which the engine is built from (the folder was "
+            "built by an older cmrt); rebuild the folder with `cmrt build MODEL`"
         )
     return None
 

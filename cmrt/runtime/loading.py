@@ -20,8 +20,8 @@ from ..engine.io_spec import PRECISIONS
 from ..engine.manifest import MANIFEST_NAME, Manifest, read_manifest, start_verification
 from ..engine.models import DEFAULT_MODEL, is_diffusers_folder, looks_like_path, resolve_model
 from ..engine.paths import default_engine_dir, engine_root
-from ..engine.step_graph import step_graph as step_graph_file
-from ..engine.tensorrt import TensorRTOptions
+from ..engine.step_graph import has_step_graph, step_graph as step_graph_file
+from ..engine.tensorrt import Profile, TensorRTOptions
 from .backends.probe import Environment, probe_environment
 from .backends.selection import BACKENDS, DEVICES, Selection, select_backend
 from .pipeline import Pipeline, check_warmup
@@ -98,8 +98,10 @@ def choose_precision(manifest: Manifest, device: str, precision: str | None) -> 
 # Whether generation runs through the folder's step graph when `step_graph=None`, per (backend,
 # device) that can run one. ONNX Runtime on the CPU: the numpy loop; the step graph measured
 # neither faster nor slower there (`python -m benchmarks.host_overhead ENGINE --step-graph-only`,
-# docs/benchmarks.md), the host being the CPU either way.
-STEP_GRAPH_DEFAULTS = {("onnxruntime", "cpu"): False}
+# docs/benchmarks.md), the host being the CPU either way. On a GPU the step graph: the steps
+# stay on the device, with one host synchronize per generation instead of one per step
+# (TensorRT: one CUDA graph for every step; ONNX Runtime CUDA: device-resident buffers).
+STEP_GRAPH_DEFAULTS = {("onnxruntime", "cpu"): False, ("tensorrt", "cuda"): True, ("onnxruntime", "cuda"): True}
 
 
 def use_step_graph(backend: str, device: str, step_graph: bool | None) -> bool:
@@ -235,7 +237,7 @@ def open_backend(
         return manifest, _open_openvino(manifest, precision, threads)
     if sel.backend == "tensorrt":
         try:
-            return _open_tensorrt(manifest, sel, trt_options, use_cuda_graph)
+            return _open_tensorrt(manifest, sel, trt_options, use_cuda_graph, step_graph)
         except Exception as e:
             if backend == "tensorrt":
                 raise
@@ -243,7 +245,7 @@ def open_backend(
             logger.warning("TensorRT could not be used (%s); falling back to ONNX Runtime on %s", _first_line(e), sel.device.upper())
     if sel.device == "cuda":
         try:
-            return manifest, _open_ort_cuda(manifest, precision, use_cuda_graph)
+            return manifest, _open_ort_cuda(manifest, precision, use_cuda_graph, step_graph)
         except Exception as e:
             if device == "cuda":  # the CPU was not an option
                 raise
@@ -304,13 +306,20 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def _open_ort_cuda(manifest: Manifest, precision: str | None, use_cuda_graph: bool):
+def _open_ort_cuda(manifest: Manifest, precision: str | None, use_cuda_graph: bool, step_graph: bool | None = None):
+    """ONNX Runtime's CUDA EP on the folder's step graph (its plain graph with `step_graph=False`, or
+    by default on a folder built before step graphs, which is said in one log line)."""
     from .backends.ort_cuda_backend import OrtCudaBackend
 
-    return OrtCudaBackend(
-        manifest.onnx_path(choose_precision(manifest, "cuda", precision)), use_cuda_graph=use_cuda_graph,
-        min_batch=manifest.min_batch, max_batch=manifest.max_batch,
-    )
+    prec = choose_precision(manifest, "cuda", precision)
+    steps_on_device = use_step_graph("onnxruntime", "cuda", step_graph)
+    if steps_on_device and step_graph is None and not has_step_graph(manifest, prec):
+        logger.info("%s has no step graph of its %s graph (built by an older cmrt): ONNX Runtime CUDA runs the numpy "
+                    "loop, one synchronize per step; rebuild the folder with `cmrt build` for one per generation",
+                    manifest.folder, prec)
+        steps_on_device = False
+    path = step_graph_file(manifest, prec)[0] if steps_on_device else manifest.onnx_path(prec)
+    return OrtCudaBackend(path, use_cuda_graph=use_cuda_graph, min_batch=manifest.min_batch, max_batch=manifest.max_batch)
 
 
 def _open_openvino(manifest: Manifest, precision: str | None, threads: int | None):
@@ -320,9 +329,12 @@ def _open_openvino(manifest: Manifest, precision: str | None, threads: int | Non
     return OpenVINOBackend(manifest.onnx_path("fp32"), precision=precision or "fp32", threads=threads)
 
 
-def _open_tensorrt(manifest: Manifest, sel: Selection, trt_options, use_cuda_graph: bool):
+def _open_tensorrt(manifest: Manifest, sel: Selection, trt_options, use_cuda_graph: bool, step_graph: bool | None = None):
+    """The folder's TensorRT engine (built from its step graph), built or rebuilt first where the
+    selection says so. `step_graph=False` drives it step by step from the numpy loop (`run()`)."""
     from .backends.tensorrt_backend import TensorRTBackend
 
+    steps_on_device = use_step_graph("tensorrt", "cuda", step_graph)
     if sel.engine_action in ("build", "rebuild"):
         logger.warning("%s: %s; building its TensorRT engine now (once; it is stored in the folder)", manifest.folder, sel.engine_reason)
         # the options the selection judged the folder's engine by (folder_engine_decision): a rebuild keeps its precision
@@ -331,12 +343,12 @@ def _open_tensorrt(manifest: Manifest, sel: Selection, trt_options, use_cuda_gra
     entry = manifest.tensorrt
     if not entry:
         raise BackendUnavailableError(f"{manifest.folder} has no TensorRT engine; build one with `cmrt build ... --backend tensorrt`")
-    prof = entry["profile"]
     engine = TensorRTBackend(
         manifest.folder / entry["file"],
-        manifest.io_spec(entry["precision"]),
-        profile=(prof["min"], prof["opt"], prof["max"]),
+        entry["io"],
+        [Profile(**p) for p in entry["profiles"]],
         use_cuda_graph=use_cuda_graph,
+        step_graph=steps_on_device,
     )
     return manifest, engine
 

@@ -1,4 +1,5 @@
-"""The shape of `cmrt bench`'s GPU report, from synthetic CUDA-event timings (no GPU, nothing timed)."""
+"""The shape of `cmrt bench`'s GPU report, from synthetic CUDA-event timings and from the strict fake GPU's
+virtual clock (no GPU, nothing timed)."""
 from __future__ import annotations
 
 import types
@@ -8,6 +9,7 @@ import pytest
 from benchmarks.latency import gpu_report as gr
 from benchmarks.latency import report
 from benchmarks.latency.systems import UNetClock
+from tests.fakes.gpu import simulated_gpu  # noqa: F401  (a fixture)
 
 
 @pytest.mark.parametrize("name, want", [
@@ -115,3 +117,40 @@ def test_the_harness_collects_event_timings_per_timed_call_and_reports_them():
     }
     md = report.markdown(result, None)
     assert "## On the GPU: CUDA-event time per UNet call" in md and "| fake gpu | 2 | 2 | 0.500 |" in md
+
+
+def test_the_gpu_report_of_a_tensorrt_system_on_the_strict_fake(simulated_gpu, small_models, tmp_path):
+    """`cmrt bench`'s GPU path end to end on the fake TensorRT/CUDA: CUDA events read the fake's virtual clock,
+    so the timings are present and consistent, never figures; the fraction of peak follows from a given peak."""
+    import shutil
+
+    import numpy as np
+
+    from benchmarks.latency.run import measure
+    from benchmarks.latency.systems import CmrtSystem
+    from cmrt.build.tensorrt import ensure_tensorrt_engine
+    from cmrt.engine.tensorrt import TensorRTOptions
+
+    folder = tmp_path / "engine"
+    shutil.copytree(small_models["cond"][1], folder)
+    ensure_tensorrt_engine(folder, TensorRTOptions(precision="fp32", use_timing_cache=False))
+    system = CmrtSystem(str(folder), backend="tensorrt", device="cuda", name="cmrt tensorrt + graphs")
+    assert system.pipe.step_graph
+    args = types.SimpleNamespace(batch=[1, 4], steps=[1, 2], warmup=1, runs=3, settle_ms=0.0, steady_runs=0)
+    runs = measure([system], args, types.SimpleNamespace(update=lambda *a: None))
+    for r in runs:  # one graph launch per generation: one CUDA-event timing per timed call
+        assert len(r["event_ms"]) == 3 and all(len(e) == 1 and e[0] > 0 for e in r["event_ms"])
+        assert all(u > 0 for u in r["unet_s"])  # run_steps is what the clock times on a GPU backend
+    peak = {"tflops": 50.0, "source": "given"}
+    gr.attach_gpu_reports(runs, flops_batch1=2e9, peak=peak)
+    for r in runs:
+        g = r["gpu"]
+        assert g["n"] == 3 and g["peak_tflops"] == 50.0
+        want_ms = float(np.median([e[0] / r["steps"] for e in r["event_ms"]]))
+        assert g["ms_per_unet_call"] == pytest.approx(want_ms)
+        assert g["achieved_tflops"] == pytest.approx(2e9 * r["batch"] / (want_ms * 1e-3) / 1e12)
+        assert g["fraction_of_fp16_peak"] == pytest.approx(g["achieved_tflops"] / 50.0)
+        assert 0.0 <= g["gpu_idle_share"] <= 1.0
+    rows = gr.gpu_rows(runs)
+    assert [r[:3] for r in rows] == [["cmrt tensorrt + graphs", str(b), str(s)] for b in (1, 4) for s in (1, 2)]
+    assert not simulated_gpu.violations, simulated_gpu.violations

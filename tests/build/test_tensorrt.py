@@ -61,15 +61,19 @@ def test_engine_is_added_to_the_folder_then_reused(folder, monkeypatch, tmp_path
     opts = TensorRTOptions(precision="fp32", timing_cache=str(tmp_path / "tc.cache"))
     r = tb.ensure_tensorrt_engine(folder, opts)
     assert r.built and fake.builds == 1 and r.decision.action == "build"
-    assert r.plan.name == "unet.fp32.trt11.4.sm90.b1-1-1+2-4-8.plan" and r.plan.is_file()
-    assert fake.last["shapes"] == {"sample": (3, 16, 16), "timestep": (), "class_labels": ()}
+    assert r.plan.name == "unet.fp32.trt11.4.sm90.b1-1-1+2-4-8.lvl5.plan" and r.plan.is_file()
+    # built from the (sanitized) step graph, over its inputs
+    assert fake.last["onnx"] == "unet.fp32.step.sanitized.onnx"
+    assert fake.last["inputs"] == ["x", "timestep", "class_labels", "step_coefs", "noise_term"]
     assert fake.last["timing_cache"] == tmp_path / "tc.cache"
     m = read_manifest(folder, verify=True)  # the plan is checksummed like every other file
     e = m.data["tensorrt"]
     assert e["gpu"] == {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
     assert e["tensorrt_version"] == "11.4.0.9" and e["profile"] == {"min": 1, "opt": 4, "max": 8}
-    assert e["onnx_sha256"] == tb.onnx_digest(before, "fp32") and e["onnx_file"] == "unet.fp32.onnx"
-    assert e["onnx_sha256"].startswith(before["files"]["unet.fp32.onnx"]["sha256"] + "+")  # graph + its weight file
+    assert e["onnx_sha256"] == tb.onnx_digest(before, "fp32") and e["onnx_file"] == "unet.fp32.step.onnx"
+    # the step graph + the weight file it reads
+    assert e["onnx_sha256"] == (before["files"]["unet.fp32.step.onnx"]["sha256"] + "+"
+                                + before["files"]["unet.fp32.onnx.data"]["sha256"])
     assert e["validation"]["tolerance"] == 1e-3 and e["options"]["optimization_level"] == 5
     assert set(m.data["files"]) == set(before["files"]) | {r.plan.name}
     assert m.data["build_key"] == before["build_key"]  # the ONNX folder's identity is unchanged
@@ -204,38 +208,53 @@ def test_simulated_build_load_and_cuda_graphs(simulated_gpu, small_models, tmp_p
     model = small_models["cond"][0]
     cache = tmp_path / "timing.cache"
     assert _build_simulated(model, tmp_path / "e", cache) == 0
-    assert "tensorrt engine: unet.fp32.trt11.4.sm90.b1-1-1+2-4-8.plan" in capsys.readouterr().out
+    assert "tensorrt engine: unet.fp32.trt11.4.sm90.b1-1-1+2-4-8.lvl5.plan" in capsys.readouterr().out
     assert cache.read_bytes().startswith(CACHE_MAGIC) and b"NVIDIA Simulated GPU" in cache.read_bytes()
     data = read_manifest(tmp_path / "e", verify=True).data
     e = data["tensorrt"]
-    assert e["validation"]["max_abs_error"] < 1e-5 and e["validation"]["batch_sizes"] == [1, 4, 8]  # folded graph
+    assert e["validation"]["max_abs_error"] < 1e-5 and e["validation"]["batch_sizes"] == [1, 2, 4, 8]  # folded graph
+    assert set(e["validation"]["per_case"]) == {f"batch {b}, step {i}" for b in (1, 2, 4, 8) for i in (0, 1)}
+    assert all(c["x_next_max_abs_error"] < 1e-5 and c["model_output_max_abs_error"] < 1e-5 for c in e["validation"]["per_case"].values())
     assert e["validation"]["comparator"].startswith("polygraphy Comparator")
     assert e["gpu"] == {"name": "NVIDIA Simulated GPU", "compute_capability": "9.0"}
+    # the manifest records both profiles and the level, and the plan really has them
+    assert e["format"] == 3 and e["onnx_file"] == "unet.fp32.step.onnx" and e["options"]["optimization_level"] == 5
+    assert e["profiles"] == [{"min": 1, "opt": 1, "max": 1}, {"min": 2, "opt": 4, "max": 8}]
+    assert e["io"] == {"inputs": data["onnx"]["fp32"]["step"]["inputs"], "outputs": data["onnx"]["fp32"]["step"]["outputs"]}
     header = plan_header(tmp_path / "e" / e["file"])
     sanitized = e["options"]["onnx_sanitized"]
     assert header["nodes"] == sanitized["nodes_after"] < sanitized["nodes_before"]  # built from the folded graph
     assert header["tf32"] is False and header["optimization_level"] == 5  # fp32 means no TF32
-    assert header["profiles"] == [{n: [[b, *rest] for b in (1, 4, 8)] for n, rest in
-                                   (("sample", [3, 16, 16]), ("timestep", []), ("class_labels", []))}]
+    assert [t["name"] for t in header["io"]] == ["x", "timestep", "class_labels", "step_coefs", "noise_term", "x_next", "model_output"]
+    assert header["profiles"] == [
+        {n: [[b, *rest] for b in batches] for n, rest in (("x", [3, 16, 16]), ("timestep", []), ("class_labels", []),
+                                                          ("noise_term", [3, 16, 16]))} | {"step_coefs": [[5]] * 3}
+        for batches in ((1, 1, 1), (2, 4, 8))
+    ]
     assert main(["info", str(tmp_path / "e")]) == 0
-    assert "tensorrt        unet.fp32.trt11.4.sm90.b1-1-1+2-4-8.plan  TensorRT 11.4.0.9, NVIDIA Simulated GPU" in capsys.readouterr().out
+    assert "tensorrt        unet.fp32.trt11.4.sm90.b1-1-1+2-4-8.lvl5.plan  TensorRT 11.4.0.9, NVIDIA Simulated GPU" in capsys.readouterr().out
     assert not sim.violations, sim.violations
 
     ref = cmrt.load(tmp_path / "e", device="cpu")
-    pipe = cmrt.load(tmp_path / "e")  # auto: TensorRT on the (simulated) GPU
-    assert (pipe.backend.name, pipe.backend.device) == ("tensorrt", "cuda")
+    pipe = cmrt.load(tmp_path / "e")  # auto: TensorRT on the (simulated) GPU, through the step graph
+    assert (pipe.backend.name, pipe.backend.device) == ("tensorrt", "cuda") and pipe.step_graph
     with sim.measure() as counts:
         for batch in (1, 3, 8, 3):
             kw = dict(batch_size=batch, seed=batch, timesteps=[22, 0], output_type="np")
             np.testing.assert_allclose(pipe(**kw).images, ref(**kw).images, rtol=0, atol=1e-5)
     assert pipe.backend.graph_batches == [1, 3, 8]
-    # one warm-up enqueue per batch size, every UNet call a graph replay with one host synchronize
-    assert (counts.enqueues, counts.graph_launches, counts.captures) == (3, 8, 3)
-    assert counts.host_syncs == 3 + 8  # a synchronize after each warm-up and one per call
+    # per new batch size a context (one warm-up enqueue and its synchronize) and a capture; then every
+    # generation is one graph launch (both steps) and one host synchronize
+    assert (counts.enqueues, counts.graph_launches, counts.captures) == (3, 4, 3)
+    assert counts.host_syncs == 3 + 4
+    with sim.measure() as counts:
+        pipe(batch_size=3, seed=1, timesteps=[22, 0], output_type="np")
+    assert (counts.host_syncs, counts.graph_launches, counts.enqueues, counts.memcpy_async, counts.captures) == (1, 1, 0, 2, 0)
+    pipe.backend.run(np.zeros((3, 3, 16, 16), np.float32), np.zeros(3, np.float32), np.zeros(3, np.int64))
     with sim.measure() as counts:
         pipe.backend.run(np.zeros((3, 3, 16, 16), np.float32), np.zeros(3, np.float32), np.zeros(3, np.int64))
-    assert (counts.host_syncs, counts.graph_launches, counts.enqueues) == (1, 1, 0)
-    with pytest.raises(ValueError, match="outside this TensorRT engine's profile 1..8"):
+    assert (counts.host_syncs, counts.graph_launches, counts.enqueues, counts.memcpy_async) == (1, 1, 0, 2)
+    with pytest.raises(ValueError, match="outside this TensorRT engine's profiles 1..8"):
         pipe.backend.run(np.zeros((9, 3, 16, 16), np.float32), np.zeros(9, np.float32), np.zeros(9, np.int64))
 
     plain = cmrt.load(tmp_path / "e", backend="tensorrt", use_cuda_graph=False)
@@ -324,3 +343,61 @@ def test_simulated_engine_that_misses_fails_the_build(simulated_gpu, folder):
     sim.trt.corrupt = float("nan")
     with pytest.raises(EngineValidationError, match="NaN or Inf"):
         tb.ensure_tensorrt_engine(folder, opts)
+
+
+def _engine_of_an_older_cmrt(folder, fmt):
+    """Install in `folder` the TensorRT engine an older cmrt built on this (simulated) GPU: from the plain
+    UNet graph with one optimization profile over batch 1..8 (opt 4); entry format 2 (phase 1 of #17:
+    latency profiles recorded, level 5) or 1 (before them: level 3)."""
+    import tensorrt as trt
+
+    from cmrt.engine.manifest import write_manifest
+    from cmrt.engine.manifest import file_record
+    from tests.fakes.environments import format1_entry
+
+    data = json.loads((folder / "manifest.json").read_text())
+    builder = trt.Builder(trt.Logger())
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    assert trt.OnnxParser(network, trt.Logger()).parse_from_file(str(folder / "unet.fp32.onnx"))
+    config = builder.create_builder_config()
+    config.builder_optimization_level = 5 if fmt == 2 else 3
+    profile = builder.create_optimization_profile()
+    for name, rest in (("sample", (3, 16, 16)), ("timestep", ()), ("class_labels", ())):
+        profile.set_shape(name, (1, *rest), (4, *rest), (8, *rest))
+    config.add_optimization_profile(profile)
+    name = "unet.fp32.trt11.4.sm90." + ("b1-1-1+2-4-8.plan" if fmt == 2 else "b1-4-8.plan")
+    (folder / name).write_bytes(bytes(builder.build_serialized_network(network, config)))
+    options = TensorRTOptions(precision="fp32", optimization_level=config.builder_optimization_level)
+    platform = Platform("NVIDIA Simulated GPU", (9, 0), "11.4.0.9")
+    plain = data["files"]["unet.fp32.onnx"]["sha256"] + "+" + data["files"]["unet.fp32.onnx.data"]["sha256"]
+    entry = te.engine_entry(name, options, Profile(1, 4, 8), platform, "unet.fp32.onnx", plain,
+                            fake_validation(1e-3), {"build_seconds": 1.0})
+    entry = dict(entry, format=2, io=None) if fmt == 2 else format1_entry(entry, name)
+    data["tensorrt"] = entry
+    data["files"][name] = file_record(folder, name)
+    write_manifest(folder, data)
+    return name
+
+
+@pytest.mark.parametrize("fmt, reason", [(2, "built from the plain UNet graph"), (1, "built before latency profiles")])
+def test_a_folder_built_by_an_older_cmrt_is_rebuilt_on_load_with_the_reason(simulated_gpu, folder, caplog, fmt, reason):
+    """End to end on the strict fake: the older engine is never deserialized into the step-graph backend;
+    `cmrt.load` logs why it rebuilds, builds from the step graph, and serves one synchronize per generation."""
+    import cmrt
+
+    sim = simulated_gpu
+    old = _engine_of_an_older_cmrt(folder, fmt)
+    ref = cmrt.load(folder, device="cpu")
+    with caplog.at_level(logging.WARNING, logger="cmrt"):
+        pipe = cmrt.load(folder, precision="fp32")  # auto
+    warned = [r.getMessage() for r in caplog.records if "building its TensorRT engine now" in r.getMessage()]
+    assert len(warned) == 1 and reason in warned[0]
+    assert (pipe.backend.name, pipe.step_graph) == ("tensorrt", True)
+    e = read_manifest(folder, verify=True).data["tensorrt"]
+    assert e["format"] == 3 and e["onnx_file"] == "unet.fp32.step.onnx" and not (folder / old).exists()
+    kw = dict(batch_size=4, seed=2, timesteps=[22, 0], output_type="np")
+    pipe(**kw)
+    with sim.measure() as c:
+        np.testing.assert_allclose(pipe(**kw).images, ref(**kw).images, rtol=0, atol=1e-5)
+    assert (c.host_syncs, c.graph_launches) == (1, 1)
+    assert not sim.violations, sim.violations

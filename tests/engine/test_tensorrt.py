@@ -134,7 +134,7 @@ def test_profile_shapes_are_what_the_builder_sets():
 
 def test_the_entry_records_the_profiles_and_the_level():
     e = _entry(batches=Profile(1, 4, 8))
-    assert e["format"] == te.ENTRY_FORMAT == 2
+    assert e["format"] == te.ENTRY_FORMAT == 3
     assert e["profile"] == {"min": 1, "opt": 4, "max": 8}
     assert e["profiles"] == [{"min": 1, "opt": 1, "max": 1}, {"min": 2, "opt": 4, "max": 8}]
     assert e["options"]["optimization_level"] == 5
@@ -156,6 +156,14 @@ def test_an_engine_built_before_latency_profiles_is_rebuilt_with_the_reason():
     broken = _entry()
     del broken["profiles"]
     assert "incomplete" in engine_decision(broken, H100, "sha-a").reason
+
+
+def test_an_engine_built_from_the_plain_unet_graph_is_rebuilt_with_the_reason():
+    """Entry format 2 (latency profiles, built from the plain UNet graph, before step-graph engines)."""
+    old = dict(_entry(), format=2)
+    d = engine_decision(old, H100, "sha-a", wanted_settings(Profile(1, 4, 16), TensorRTOptions()))
+    assert d.action == "rebuild" and d.reason.startswith("the engine was built from the plain UNet graph")
+    assert "one CUDA graph" in d.reason and "one host synchronize" in d.reason
 
 
 # --- rebuild decisions ----------------------------------------------------------------------
@@ -216,17 +224,25 @@ def test_rebuild_blockers():
     data = {"onnx": {"fp32": {}}}
     msg = rebuild_blocker(data, "fp16")
     assert "no fp16 ONNX model" in msg and "--precision fp32 fp16" in msg
-    assert rebuild_blocker({"onnx": {"fp16": {}}}, "fp16") is None
-    assert rebuild_blocker({"onnx": {"fp16": {}}}, "fp16", tensorrt_missing="no GPU") == "no GPU"
+    step = {"file": "unet.fp16.step.onnx"}
+    assert rebuild_blocker({"onnx": {"fp16": {"step": step}}}, "fp16") is None
+    assert rebuild_blocker({"onnx": {"fp16": {"step": step}}}, "fp16", tensorrt_missing="no GPU") == "no GPU"
+    msg = rebuild_blocker({"onnx": {"fp16": {}}}, "fp16")  # a folder built before step graphs
+    assert "no step graph of its fp16 graph" in msg and "rebuild the folder with `cmrt build MODEL`" in msg
 
 
-def test_onnx_digest_covers_external_data():
+def test_onnx_digest_is_the_step_graphs_and_its_weights():
+    """The engine is built from the step graph, which reads its graph's weight file: both key it."""
     data = {
-        "onnx": {"fp16": {"file": "a.onnx", "external_data": "a.onnx.data"}, "fp32": {"file": "b.onnx", "external_data": None}},
-        "files": {"a.onnx": {"sha256": "1"}, "a.onnx.data": {"sha256": "2"}, "b.onnx": {"sha256": "3"}},
+        "onnx": {"fp16": {"file": "a.onnx", "external_data": "a.onnx.data", "step": {"file": "a.step.onnx"}},
+                 "fp32": {"file": "b.onnx", "external_data": None, "step": {"file": "b.step.onnx"}},
+                 "old": {"file": "c.onnx", "external_data": None}},
+        "files": {"a.onnx": {"sha256": "1"}, "a.onnx.data": {"sha256": "2"}, "b.onnx": {"sha256": "3"},
+                  "a.step.onnx": {"sha256": "4"}, "b.step.onnx": {"sha256": "5"}, "c.onnx": {"sha256": "6"}},
     }
-    assert te.onnx_digest(data, "fp16") == "1+2"
-    assert te.onnx_digest(data, "fp32") == "3"
+    assert te.onnx_digest(data, "fp16") == "4+2"
+    assert te.onnx_digest(data, "fp32") == "5"
+    assert te.onnx_digest(data, "old") is None  # no step graph: nothing to build from
     assert te.onnx_digest(data, "int8") is None
 
 
@@ -276,9 +292,9 @@ def test_a_folder_built_before_latency_profiles_is_rebuilt_on_load(old_folder, m
     assert logged and "this cmrt builds profiles b1-1-1 and b2-4-8 at optimization level 5" in logged[0]
     assert fake.builds == 1 and fake.last["batches"] == Profile(1, 4, 8)
     e = read_manifest(old_folder, verify=True).data["tensorrt"]
-    assert e["format"] == 2 and e["options"]["optimization_level"] == 5
+    assert e["format"] == 3 and e["options"]["optimization_level"] == 5
     assert e["profiles"] == [{"min": 1, "opt": 1, "max": 1}, {"min": 2, "opt": 4, "max": 8}]
-    assert e["file"] == "unet.fp32.trt11.4.sm90.b1-1-1+2-4-8.plan" == pipe.backend.plan_path.name
+    assert e["file"] == "unet.fp32.trt11.4.sm90.b1-1-1+2-4-8.lvl5.plan" == pipe.backend.plan_path.name
     assert not (old_folder / old["file"]).exists()
     cmrt.load(old_folder, backend="tensorrt", precision="fp32")
     assert fake.builds == 1  # now current: reused

@@ -13,7 +13,7 @@ and of the CUDA runtime, and stricter than a GPU wherever a GPU would silently g
   fail with cudaErrorStreamCaptureUnsupported and invalidate the capture: `cudaMalloc`, `cudaFree`,
   `cudaMallocHost`, `cudaHostAlloc`, `cudaFreeHost`, synchronous `cudaMemcpy`, `cudaDeviceSynchronize`,
   `cudaStreamSynchronize` of the capturing stream, and `cudaMemcpyAsync` into it from or to pageable
-  memory. `cudaStreamEndCapture` of an invalidated capture returns cudaErrorStreamCaptureInvalidated
+  memory (device-to-device and pinned copies, and `cudaMemsetAsync`, are captured as graph nodes). `cudaStreamEndCapture` of an invalidated capture returns cudaErrorStreamCaptureInvalidated
   and no graph.
 * Freed memory is poisoned (0xFF bytes: NaN as float) and never handed out again; work that touches it
   when it runs (a copy, a kernel, a graph replay) raises the sticky cudaErrorIllegalAddress.
@@ -569,6 +569,20 @@ def build_runtime(sim: Sim) -> types.ModuleType:
         sim.check_live(refs, "cudaMemcpy")
         sim.write(int(dst), sim.read(int(src), int(count)))
         sim.count("memcpy_sync")
+        return (ok,)
+
+    @expose
+    def cudaMemsetAsync(dst, value, count, stream):
+        """Device memory only (a host pointer is an error, as in CUDA); legal in a capture (a memset node)."""
+        dst, n = int(dst), int(count)
+        s = sim.stream(stream)
+        a = sim.lookup(dst, n)
+        if a is None or a.kind != "device":
+            raise CudaFault(cudaError_t.cudaErrorInvalidValue,
+                            sim.violation(f"cudaMemsetAsync: {dst:#x}+{n} is not inside one device allocation"))
+        sim.count("memset_async")
+        fill = bytes([int(value) & 0xFF]) * n
+        sim.submit(s, Op(lambda: sim.write(dst, fill), [(dst, n)], f"cudaMemsetAsync {n} B at {dst:#x}"))
         return (ok,)
 
     # --- streams -------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from cmrt.engine.tensorrt import (
     profile_for,
     short_version,
     sm_tag,
+    step_record,
 )
 from cmrt.runtime.backends.probe import Environment, GpuInfo
 
@@ -68,7 +69,7 @@ def fake_validation(tolerance: float = 0.05, error: float = 1e-3) -> dict:
 def format1_entry(entry: dict, file: str) -> dict:
     """`entry` as cmrt wrote it before latency profiles (entry format 1): one profile over the
     batch range, optimization level 3, no `profiles`, the plan named by the range alone."""
-    old = {k: v for k, v in entry.items() if k != "profiles"}
+    old = {k: v for k, v in entry.items() if k not in ("profiles", "io")}
     old.update(format=1, file=file, options={**entry["options"], "optimization_level": 3})
     return old
 
@@ -82,14 +83,15 @@ def add_fake_engine(folder: Path, platform: Platform = H100, precision: str = "f
     data = json.loads((folder / "manifest.json").read_text())
     options = options or TensorRTOptions(precision=precision)
     batches = profile_for(data["build_options"], options)
-    name = engine_file_name(precision, platform.tensorrt_version, platform.compute_capability, batches)  # as the builder names it
+    name = engine_file_name(precision, platform.tensorrt_version, platform.compute_capability, batches,
+                            optimization_level=options.optimization_level)  # as the builder names it
     if before_profiles:
         name = f"unet.{precision}.trt{short_version(platform.tensorrt_version)}.{sm_tag(platform.compute_capability)}.b{batches.tag}.plan"
     (folder / name).write_bytes(b"not a real plan " + platform.gpu_name.encode())
-    onnx_file = (data["onnx"].get(precision) or {"file": f"unet.{precision}.onnx"})["file"]
+    step = step_record(data, precision) or {"file": f"unet.{precision}.step.onnx", "inputs": [], "outputs": []}
     entry = engine_entry(
-        name, options, batches, platform, onnx_file, onnx_digest(data, precision),
-        fake_validation(options.effective_tolerance), {"build_seconds": 1.0},
+        name, options, batches, platform, step["file"], onnx_digest(data, precision),
+        fake_validation(options.effective_tolerance), {"build_seconds": 1.0}, io=step,
     )
     if before_profiles:
         entry = format1_entry(entry, name)
@@ -110,9 +112,10 @@ class FakeTensorRT:
         monkeypatch.setattr(tb, "build_plan", self.build_plan)
         monkeypatch.setattr(tb, "validate_plan", self.validate_plan)
 
-    def build_plan(self, onnx_path, input_shapes, batches, options, timing_cache):
+    def build_plan(self, onnx_path, inputs, batches, options, timing_cache):
         self.builds += 1
-        self.last = {"onnx": Path(onnx_path).name, "shapes": input_shapes, "batches": batches, "timing_cache": timing_cache}
+        self.last = {"onnx": Path(onnx_path).name, "inputs": [t["name"] for t in inputs], "batches": batches,
+                     "timing_cache": timing_cache}
         return f"PLAN {self.platform.gpu_name} {batches} #{self.builds}".encode(), {
             "build_seconds": 0.1, "timing_cache": None if timing_cache is None else str(timing_cache), "timing_cache_was_warm": False,
         }

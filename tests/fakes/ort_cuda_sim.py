@@ -11,7 +11,18 @@ what is simulated is the CUDA EP, to its documented behaviour:
 * with `enable_cuda_graph`, runs go through IO binding with device inputs and outputs, at most one at
   a time; each `gpu_graph_id` (-1: no capture) makes `RUNS_BEFORE_CAPTURE` ordinary runs, is captured
   on the next and replayed after that, and a replay must see the addresses, shapes and dtypes bound when
-  it was captured (a GPU would silently read and write the old buffers).
+  it was captured (a GPU would silently read and write the old buffers);
+* IO binding also binds raw device pointers (`bind_input` / `bind_output` with `buffer_ptr`), which
+  must lie inside one live device allocation;
+* host synchronizes, counted in `host_syncs` as ONNX Runtime makes them: a run synchronizes its
+  stream at its end unless the run option `disable_synchronize_execution_providers` is "1"; a
+  capturing run synchronizes before it begins the capture; the replay of a captured graph always
+  synchronizes (onnxruntime/core/providers/cuda/cuda_graph.cc, `CUDAGraphManager::Replay`, called
+  with its `sync` flag true from the session's replay); `IOBinding.synchronize_outputs()` /
+  `synchronize_inputs()` synchronize. After a run that did not synchronize, its work is still queued:
+  reading a device tensor (`numpy()`) or overwriting one (`update_inplace`) before a synchronize
+  is a violation (on a GPU it would read stale data, or race the kernels). `update_inplace` and
+  `numpy()` on CUDA values are blocking copies (`ort_copies`), not waits for queued work.
 
 The session counts its runs per graph id (`runs`, `captured`) so tests can check what cmrt claims.
 """
@@ -35,7 +46,17 @@ def build_onnxruntime(sim: Sim, real: types.ModuleType) -> types.ModuleType:
     ort = types.ModuleType("onnxruntime")
     ort.__dict__.update({k: v for k, v in real.__dict__.items() if not k.startswith("__")})
     ort.__version__ = VERSION
-    state = types.SimpleNamespace(preloaded=False)
+    state = types.SimpleNamespace(preloaded=False, unsynced=None)  # unsynced: why queued work awaits a synchronize
+
+    def synchronized(what: str) -> None:
+        sim.count("host_syncs")
+        sim.count(what)
+        state.unsynced = None
+
+    def check_synchronized(what: str) -> None:
+        if state.unsynced:
+            raise RuntimeError(sim.violation(f"ONNX Runtime: {what} before a synchronize, while {state.unsynced} is still "
+                                             "queued on the CUDA EP's stream (stale data or a race on a GPU)"))
     sim.cuda_libraries = True  # whether preload_dlls finds CUDA and cuDNN (the pip extras are installed)
     sim.ort_graph_capturable = True  # whether every node of a model lands on the CUDA EP
     sim.ort_sessions = []
@@ -79,15 +100,26 @@ def build_onnxruntime(sim: Sim, real: types.ModuleType) -> types.ModuleType:
             if self._ptr is None:
                 self._array[...] = array
             else:
-                sim.check_live([(self._ptr, self._nbytes)], "OrtValue.update_inplace")
-                sim.write(self._ptr, array.tobytes())  # a synchronous copy, as ONNX Runtime's is
+                check_synchronized("OrtValue.update_inplace of a CUDA tensor")
+                self._write(array)
                 sim.count("ort_copies")
+
+        def _write(self, array):
+            sim.check_live([(self._ptr, self._nbytes)], "OrtValue.update_inplace")
+            sim.write(self._ptr, array.tobytes())  # a synchronous copy, as ONNX Runtime's is
 
         def numpy(self):
             if self._ptr is None:
                 return self._array
-            sim.check_live([(self._ptr, self._nbytes)], "OrtValue.numpy")
+            check_synchronized("reading a CUDA tensor (OrtValue.numpy)")
             sim.count("ort_copies")
+            return self._read()
+
+        def _read(self):
+            """What the (fake) CUDA EP's kernels read: no synchronize rule, no copy counted."""
+            if self._ptr is None:
+                return self._array
+            sim.check_live([(self._ptr, self._nbytes)], "OrtValue.numpy")
             return np.frombuffer(sim.read(self._ptr, self._nbytes), self._dtype).reshape(self._shape).copy()
 
         def data_ptr(self):
@@ -115,6 +147,29 @@ def build_onnxruntime(sim: Sim, real: types.ModuleType) -> types.ModuleType:
                 except Exception:
                     pass
 
+    class DeviceTensor(OrtValue):
+        """A tensor over device memory the caller owns (IOBinding's raw `buffer_ptr`): never freed by ONNX Runtime."""
+
+        def __init__(self, shape, dtype, device_id, ptr):
+            self._shape, self._dtype, self._device, self._device_id = tuple(int(d) for d in shape), np.dtype(dtype), "cuda", int(device_id)
+            self._nbytes = int(np.prod(self._shape)) * self._dtype.itemsize
+            self._array = None
+            a = sim.lookup(int(ptr), max(self._nbytes, 1))
+            if a is None or a.kind != "device" or a.freed:
+                raise RuntimeError(sim.violation(f"IOBinding: buffer_ptr {int(ptr):#x} with {self._nbytes} bytes "
+                                                 f"{list(self._shape)} is not inside one live device allocation"))
+            self._ptr = int(ptr)
+
+        def __del__(self):
+            pass
+
+    def raw_tensor(name, device_type, device_id, element_type, shape, buffer_ptr):
+        if device_type != "cuda":
+            raise RuntimeError(f"the fake binds raw pointers on cuda only, got {device_type!r} for {name!r}")
+        if element_type is None or shape is None:
+            raise RuntimeError(f"binding {name!r} to a raw pointer needs its element_type and shape")
+        return DeviceTensor(shape, element_type, device_id, buffer_ptr)
+
     class IOBinding:
         def __init__(self, session):
             self.session, self.inputs, self.outputs = session, {}, {}
@@ -124,6 +179,14 @@ def build_onnxruntime(sim: Sim, real: types.ModuleType) -> types.ModuleType:
 
         def bind_ortvalue_output(self, name, value):
             self.outputs[name] = value
+
+        def bind_input(self, name, device_type, device_id, element_type, shape, buffer_ptr):
+            self.inputs[name] = raw_tensor(name, device_type, device_id, element_type, shape, buffer_ptr)
+
+        def bind_output(self, name, device_type="cpu", device_id=0, element_type=None, shape=None, buffer_ptr=None):
+            if buffer_ptr is None:
+                raise RuntimeError("the fake binds outputs to preallocated memory only (an OrtValue, or a buffer_ptr)")
+            self.outputs[name] = raw_tensor(name, device_type, device_id, element_type, shape, buffer_ptr)
 
         def bind_cpu_input(self, name, array):
             self.inputs[name] = OrtValue.ortvalue_from_numpy(array)
@@ -135,10 +198,10 @@ def build_onnxruntime(sim: Sim, real: types.ModuleType) -> types.ModuleType:
             self.outputs.clear()
 
         def synchronize_inputs(self):
-            pass
+            synchronized("ort_syncs")
 
         def synchronize_outputs(self):
-            pass
+            synchronized("ort_syncs")
 
         def get_outputs(self):
             return list(self.outputs.values())
@@ -203,8 +266,11 @@ def build_onnxruntime(sim: Sim, real: types.ModuleType) -> types.ModuleType:
 
         def _run_bound(self, io, run_options):
             graph_id = 0
+            no_sync = False
             if run_options is not None:
-                graph_id = int(run_options.get_run_config_entry("gpu_graph_id") or 0)
+                graph_id = int(_entry(run_options, "gpu_graph_id") or 0)
+                no_sync = _entry(run_options, "disable_synchronize_execution_providers") == "1"
+            replay = capture = False
             bound = {n: (v.data_ptr(), tuple(v.shape()), str(v.element_type())) for n, v in {**io.inputs, **io.outputs}.items()}
             if self.cuda_graph:
                 off_device = [n for n, v in {**io.inputs, **io.outputs}.items() if v.device_name() != "cuda"]
@@ -219,16 +285,32 @@ def build_onnxruntime(sim: Sim, real: types.ModuleType) -> types.ModuleType:
                                 f"ONNX Runtime: CUDA graph {graph_id} replayed with other bound addresses or shapes "
                                 f"(captured {self.captured[graph_id]}, now {bound})"))
                         sim.count("ort_graph_replays")
+                        replay = True
                     elif n >= RUNS_BEFORE_CAPTURE:
                         self.captured[graph_id] = bound
                         sim.count("ort_graph_captures")
-            feeds = {name: v.numpy() for name, v in io.inputs.items()}
+                        capture = True
+            if capture:
+                synchronized("ort_capture_syncs")  # CUDAGraphManager::CaptureBegin synchronizes the stream
+            feeds = {name: v._read() for name, v in io.inputs.items()}
             names = list(io.outputs)
             for name, value in zip(names, self._real.run(names, feeds)):
                 out = io.outputs[name]
                 if tuple(value.shape) != tuple(out.shape()):
                     raise RuntimeError(f"output {name!r} has shape {value.shape}, bound {out.shape()}")
-                out.update_inplace(value.astype(out.element_type(), copy=False))
+                out._write(np.ascontiguousarray(value.astype(out.element_type(), copy=False)))
+            if replay:
+                synchronized("ort_replay_syncs")  # the replay synchronizes whatever the run options say
+            elif not no_sync:
+                synchronized("ort_run_syncs")
+            elif self._providers[0] == CUDA:
+                state.unsynced = f"a run of {self!r}"
+
+    def _entry(run_options, key):
+        try:
+            return run_options.get_run_config_entry(key)
+        except Exception:  # ONNX Runtime raises for a key that was never set
+            return None
 
     ort.OrtValue, ort.IOBinding, ort.InferenceSession = OrtValue, IOBinding, InferenceSession
     return ort

@@ -601,6 +601,7 @@ def build_tensorrt(sim: Sim) -> types.ModuleType:
                 if value.shape != shapes[o.name]:
                     raise CudaFault(cudaError_t.cudaErrorIllegalAddress, error(f"output {o.name!r} {value.shape} != {shapes[o.name]}"))
                 sim.write(addresses[o.name], value.astype(dt).tobytes())
+            sim.count("engine_runs")  # the network evaluated once (an enqueue run, or a replayed one)
             sim.clock_ms += 1.0
 
     class Runtime:

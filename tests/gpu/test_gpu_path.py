@@ -8,6 +8,9 @@ ImageNet-64 architecture with random weights:
     manifest's tolerance, final images PSNR >= 40 dB;
   * every batch size in the engine's profile;
   * CUDA-graph replay gives the same images as plain enqueue;
+  * the engine runs the step graph: a multi-step generation is one upload, one graph launch, one
+    download and one host synchronize (cmrt's CUDA calls counted on the real driver), timed by real
+    CUDA events; batch 1 runs on the opt-1 profile; after `warmup=[1, 4]` nothing is captured;
   * a second build is a cache hit; a stale engine is rebuilt on load.
 The ONNX Runtime CUDA backend has its own tests (tests/gpu/test_ort_cuda.py), which need
 onnxruntime-gpu but not TensorRT.
@@ -72,10 +75,8 @@ def _trt_backend(folder, use_cuda_graph=True):
     from cmrt.engine.manifest import read_manifest
     from cmrt.runtime.backends.tensorrt_backend import TensorRTBackend
 
-    m = read_manifest(folder)
-    e = m.data["tensorrt"]
-    p = e["profile"]
-    return TensorRTBackend(folder / e["file"], m.io_spec(e["precision"]), (p["min"], p["opt"], p["max"]), use_cuda_graph)
+    e = read_manifest(folder).data["tensorrt"]
+    return TensorRTBackend(folder / e["file"], e["io"], e["profiles"], use_cuda_graph)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -105,13 +106,15 @@ def test_manifest_entry_describes_the_engine(engines, model):
 
     m = read_manifest(engines[model], verify=True)
     e = m.data["tensorrt"]
-    assert re.fullmatch(r"unet\.fp16\.trt\d+\.\d+\.sm\d+\.b1-4-8\.plan", e["file"]), e["file"]
+    assert re.fullmatch(r"unet\.fp16\.trt\d+\.\d+\.sm\d+\.b1-1-1\+2-4-8\.lvl5\.plan", e["file"]), e["file"]
     props = cuda.device_properties(0)
     assert e["gpu"]["name"] == props["name"] and e["gpu"]["compute_capability"] == "%d.%d" % props["compute_capability"]
-    assert e["profile"] == {"min": 1, "opt": 4, "max": 8} and e["precision"] == "fp16"
-    assert e["onnx_sha256"] == m.data["files"][e["onnx_file"]]["sha256"]
+    assert e["profile"] == {"min": 1, "opt": 4, "max": 8} and e["precision"] == "fp16" and e["format"] == 3
+    assert e["profiles"] == [{"min": 1, "opt": 1, "max": 1}, {"min": 2, "opt": 4, "max": 8}]
+    assert e["options"]["optimization_level"] == 5 and e["onnx_file"] == "unet.fp16.step.onnx"
+    assert e["onnx_sha256"].startswith(m.data["files"][e["onnx_file"]]["sha256"])
     v = e["validation"]
-    assert v["batch_sizes"] == [1, 4, 8] and 0 <= v["max_abs_error"] <= v["tolerance"]
+    assert v["batch_sizes"] == [1, 2, 4, 8] and 0 <= v["max_abs_error"] <= v["tolerance"]
     print(f"{model}: {e['file']} validation max abs error {v['max_abs_error']:.3g} (tolerance {v['tolerance']})")
 
 
@@ -181,8 +184,8 @@ def test_cuda_graph_replay_equals_plain_enqueue(engines, model, record_property)
     plain = cmrt.load(folder, backend="tensorrt", use_cuda_graph=False)
     for batch in (1, 3, 8):
         kw = dict(batch_size=batch, seed=batch, timesteps=[22, 0], output_type="np")
-        first = graphs(**kw).images  # captures, then replays on the second step
-        again = graphs(**kw).images  # replay only
+        first = graphs(**kw).images  # captures the generation's graph (both steps), then launches it
+        again = graphs(**kw).images  # launch only
         ref = plain(**kw).images
         np.testing.assert_array_equal(first, again)
         np.testing.assert_allclose(first, ref, rtol=0, atol=1e-6)
@@ -252,3 +255,56 @@ def test_auto_picks_tensorrt_here(engines):
     s = select_backend(probe_environment())
     assert s.backend == "tensorrt", s
     assert cmrt.load(engines["tiny"]).backend.name == "tensorrt"
+
+
+class CudaCalls:
+    """Counts cmrt's own CUDA calls on the real driver (TensorRT's internal ones are not cmrt's)."""
+
+    def __init__(self, monkeypatch):
+        from cmrt.runtime.backends import cuda
+
+        self.counts = {"synchronize": 0, "launch": 0, "htod": 0, "dtoh": 0, "capture": 0}
+        for cls, attr, key in ((cuda.Stream, "synchronize", "synchronize"), (cuda.CudaGraph, "launch", "launch")):
+            monkeypatch.setattr(cls, attr, self._counted(getattr(cls, attr), key))
+        monkeypatch.setattr(cuda.CudaGraph, "capture", classmethod(self._counted(cuda.CudaGraph.capture.__func__, "capture")))
+        for name, key in (("copy_htod_async", "htod"), ("copy_dtoh_async", "dtoh")):
+            monkeypatch.setattr(cuda, name, self._counted(getattr(cuda, name), key))
+
+    def _counted(self, fn, key):
+        def counted(*args, **kwargs):
+            self.counts[key] += 1
+            return fn(*args, **kwargs)
+
+        return counted
+
+    def measure(self, fn):
+        before = dict(self.counts)
+        out = fn()
+        return out, {k: self.counts[k] - before[k] for k in self.counts}
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_a_generation_is_one_launch_and_one_synchronize_on_the_gpu(engines, model, monkeypatch, record_property):
+    """Issue #17 on a real GPU: after `warmup=[1, 4]`, a 2-step generation at batch 1 and 4 captures nothing and
+    is one upload, one graph launch, one download, one synchronize; CUDA events time it; the profiles are 0 and 1."""
+    import cmrt
+
+    calls = CudaCalls(monkeypatch)
+    folder = engines[model]
+    ref = cmrt.load(folder, backend="onnxruntime", device="cpu", precision="fp32")
+    pipe = cmrt.load(folder, backend="tensorrt", warmup=[1, 4])
+    assert pipe.step_graph and pipe.backend.graph_keys == [(1, 1, False), (1, 2, True), (4, 1, False), (4, 2, True)]
+    assert {b: s.context.active_optimization_profile for b, s in pipe.backend._slots.items()} == {1: 0, 4: 1}
+    events = {}
+    for batch in (1, 4):
+        kw = dict(batch_size=batch, seed=batch, timesteps=[22, 0], output_type="np")
+        t0 = time.perf_counter()
+        images, counts = calls.measure(lambda: pipe(**kw).images)
+        wall_ms = (time.perf_counter() - t0) * 1e3
+        assert counts == {"synchronize": 1, "launch": 1, "htod": 1, "dtoh": 1, "capture": 0}, counts
+        assert psnr(images, ref(**kw).images) >= PSNR_MIN_DB
+        (gpu_ms,) = pipe.backend.pop_event_timings()
+        assert 0 < gpu_ms <= wall_ms
+        events[batch] = {"gpu_ms": gpu_ms, "wall_ms": wall_ms}
+    record_property("generation_ms", events)
+    print(f"{model}: 2-step generation, GPU (CUDA events) vs wall ms: {events}")

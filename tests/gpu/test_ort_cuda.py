@@ -6,7 +6,8 @@ torch + diffusers) with ONNX graphs only. Checked against ONNX Runtime fp32 on t
   * fp32 and fp16 graphs with IO binding and CUDA graphs, several batch sizes;
   * a batch size counts as captured only after ONNX Runtime's warm-up runs, and replays give the
     same output;
-  * `cmrt.load(..., backend="onnxruntime", device="cuda")` runs a multi-step generation.
+  * `cmrt.load(..., backend="onnxruntime", device="cuda")` runs a multi-step generation through the
+    step graph: one upload, one synchronize by cmrt and one download per generation.
 """
 from __future__ import annotations
 
@@ -74,8 +75,38 @@ def test_load_ort_cuda_generates_like_the_cpu(folder):
 
     ref = cmrt.load(folder, backend="onnxruntime", device="cpu", precision="fp32")
     pipe = cmrt.load(folder, backend="onnxruntime", device="cuda", precision="fp32")
-    assert (pipe.backend.name, pipe.backend.device) == ("onnxruntime", "cuda")
-    for _ in range(2):
+    assert (pipe.backend.name, pipe.backend.device) == ("onnxruntime", "cuda") and pipe.step_graph
+    for _ in range(3):  # each step's graph id: two ordinary runs, then the capture
         kw = dict(batch_size=4, seed=1, timesteps=[22, 0], output_type="np")
         np.testing.assert_allclose(pipe(**kw).images, ref(**kw).images, rtol=0, atol=1e-3)
     assert pipe.backend.graph_batches == [4]
+
+
+@pytest.mark.parametrize("use_cuda_graph", [False, True])
+def test_a_generation_on_ort_cuda_is_one_upload_one_synchronize_one_download(folder, monkeypatch, use_cuda_graph):
+    """cmrt's own ONNX Runtime calls per generation, counted on the real library."""
+    import onnxruntime as ort
+
+    import cmrt
+
+    counts = {"sync": 0, "upload": 0, "download": 0}
+
+    def counted(fn, key):
+        def wrapper(*args, **kwargs):
+            counts[key] += 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(ort.IOBinding, "synchronize_outputs", counted(ort.IOBinding.synchronize_outputs, "sync"))
+    monkeypatch.setattr(ort.OrtValue, "update_inplace", counted(ort.OrtValue.update_inplace, "upload"))
+    monkeypatch.setattr(ort.OrtValue, "numpy", counted(ort.OrtValue.numpy, "download"))
+    ref = cmrt.load(folder, backend="onnxruntime", device="cpu", precision="fp32")
+    pipe = cmrt.load(folder, device="cuda", precision="fp32", use_cuda_graph=use_cuda_graph, warmup=[2])
+    kw = dict(batch_size=2, seed=4, timesteps=[22, 0], output_type="np")
+    for key in counts:
+        counts[key] = 0
+    np.testing.assert_allclose(pipe(**kw).images, ref(**kw).images, rtol=0, atol=1e-3)
+    assert counts == {"sync": 1, "upload": 1, "download": 1}, counts
+    if use_cuda_graph:
+        assert pipe.backend.graph_batches == [2]  # captured by the warm-up

@@ -1,7 +1,7 @@
 """Thin helpers over cuda-python's runtime API (cuda-python 13: `cuda.bindings.runtime`).
 
 Only what the GPU backends need: error checks, a non-blocking stream, device and pinned
-host buffers, async copies, and CUDA graph capture/replay. cuda-python returns a tuple
+host buffers, async copies and fills, CUDA events (timing), and CUDA graph capture/replay. cuda-python returns a tuple
 `(err, *values)` from every call; `check` turns a non-success `err` into a `CudaError`
 and returns the value(s).
 
@@ -208,6 +208,48 @@ def copy_dtoh_async(host: np.ndarray, src_ptr: int, stream: Stream) -> None:
         cudart.cudaMemcpyAsync(host.ctypes.data, src_ptr, host.nbytes, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream.handle),
         "cudaMemcpyAsync(device to host)",
     )
+
+
+def copy_dtod_async(dst_ptr: int, src_ptr: int, nbytes: int, stream: Stream) -> None:
+    """Device to device on `stream` (legal inside a stream capture: it becomes a graph node)."""
+    cudart = cudart_module()
+    check(
+        cudart.cudaMemcpyAsync(dst_ptr, src_ptr, int(nbytes), cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice, stream.handle),
+        "cudaMemcpyAsync(device to device)",
+    )
+
+
+def memset_async(dst_ptr: int, value: int, nbytes: int, stream: Stream) -> None:
+    """Fill `nbytes` of device memory with the byte `value` on `stream` (capturable, like a copy)."""
+    cudart = cudart_module()
+    check(cudart.cudaMemsetAsync(dst_ptr, int(value), int(nbytes), stream.handle), "cudaMemsetAsync")
+
+
+# --- events ------------------------------------------------------------------------------
+class Event:
+    """A CUDA event that records timing, for measuring GPU time between two points of a stream.
+
+    `record(stream)` enqueues it; `elapsed_ms(start, end)` reads the time between two recorded
+    events once both have completed (after a synchronize that covers them: it never waits)."""
+
+    def __init__(self) -> None:
+        cudart = cudart_module()
+        self.handle = check(cudart.cudaEventCreateWithFlags(cudart.cudaEventDefault), "cudaEventCreateWithFlags")
+
+    def record(self, stream: Stream) -> None:
+        cudart = cudart_module()
+        check(cudart.cudaEventRecord(self.handle, stream.handle), "cudaEventRecord")
+
+    @staticmethod
+    def elapsed_ms(start: "Event", end: "Event") -> float:
+        cudart = cudart_module()
+        return float(check(cudart.cudaEventElapsedTime(start.handle, end.handle), "cudaEventElapsedTime"))
+
+    def close(self) -> None:
+        if self.handle is not None:
+            cudart = cudart_module()
+            check(cudart.cudaEventDestroy(self.handle), "cudaEventDestroy")
+            self.handle = None
 
 
 # --- CUDA graphs ------------------------------------------------------------------------

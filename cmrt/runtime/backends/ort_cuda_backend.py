@@ -20,6 +20,21 @@ What this relies on in ONNX Runtime (onnxruntime-gpu 1.31, CUDA EP), and so what
 
 If the session cannot be created with CUDA graphs (some node not on the CUDA EP), it is
 created without them, with a warning.
+
+Given a step graph (cmrt/build/step_graph.py) instead of the plain UNet graph, a generation
+(`run_steps`) stays on the device: per (batch, steps, renoises) a staging OrtValue holds
+everything the steps read (x_T, labels, each step's timesteps, constants and renoising term;
+`GenerationLayout`), filled by ONE `update_inplace`; each step is an IO binding over device
+pointers into it, with `x` and `x_next` bound to two ping-pong buffers (step i writes the
+buffer step i + 1 reads), so nothing goes back to the host between steps. The steps run
+with the run option `disable_synchronize_execution_providers` (ONNX Runtime does not wait for
+the GPU at the end of each run), and the generation synchronizes once, at its end
+(`IOBinding.synchronize_outputs`), before its one download. Each step's binding has its own
+`gpu_graph_id`. Where ONNX Runtime replays a captured graph, its replay synchronizes its
+stream (`CUDAGraphManager::Replay` in onnxruntime's cuda_graph.cc: the session's replay calls
+it with `sync` true): with CUDA graphs that is one synchronize per step inside ONNX Runtime
+on top of cmrt's one; without them (`use_cuda_graph=False`) a generation is one synchronize.
+`run()` serves plain UNet calls through the same session under `UNET_ONLY_COEFS`.
 """
 from __future__ import annotations
 
@@ -27,13 +42,26 @@ import logging
 import os
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ...engine.io_spec import CLASS_LABELS, SAMPLE, TIMESTEP
+from ...engine.io_spec import (
+    CLASS_LABELS,
+    NOISE_TERM,
+    OUTPUT,
+    SAMPLE,
+    STEP_COEF_ORDER,
+    STEP_COEFS,
+    STEP_OUTPUT,
+    STEP_X,
+    TIMESTEP,
+    UNET_ONLY_COEFS,
+)
+from .staging import GenerationLayout
+
 logger = logging.getLogger(__name__)
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
@@ -62,6 +90,28 @@ class _Binding:
     inputs: dict[str, Any]
     output: Any
     run_options: Any
+    graph_id: int = 0
+
+
+@dataclass
+class _StepBuffers:
+    """Per batch size, for generations through a step graph: the two ping-pong samples, the UNet
+    output every step writes (read by plain UNet calls), and a zero renoising term."""
+
+    ping: tuple[Any, Any]
+    unet_output: Any
+    zeros: Any
+
+
+@dataclass
+class _StepProgram:
+    """Per (batch, steps, renoises): the staging OrtValue and its host copy, and one binding per step."""
+
+    layout: GenerationLayout
+    staging: Any
+    host: np.ndarray
+    views: dict[str, np.ndarray]
+    steps: list[_Binding] = field(default_factory=list)
 
 
 class OrtCudaBackend:
@@ -115,12 +165,19 @@ class OrtCudaBackend:
             )
         self.provider = active[0]
         self.inputs = {i.name: (np.dtype(_ORT_TYPES[i.type]), tuple(int(d) for d in i.shape[1:])) for i in self.session.get_inputs()}
-        out = self.session.get_outputs()[0]
+        self.step_graph = STEP_X in self.inputs
+        out = next(o for o in self.session.get_outputs() if o.name == OUTPUT) if self.step_graph else self.session.get_outputs()[0]
         self.output_name = out.name
         self.output_spec = (np.dtype(_ORT_TYPES[out.type]), tuple(int(d) for d in out.shape[1:]))
+        self.conditional = CLASS_LABELS in self.inputs
+        self._unet_only = np.array([UNET_ONLY_COEFS[n] for n in STEP_COEF_ORDER], dtype=np.float32)
         self._bindings: dict[int, _Binding] = {}
+        self._step_buffers: dict[int, _StepBuffers] = {}
+        self._programs: dict[tuple[int, int, bool], _StepProgram] = {}
+        self._graph_batch: dict[int, int] = {}  # graph id -> its batch size
         self._graph_runs: dict[tuple[int, int], int] = {}  # (thread id, graph id) -> runs
-        logger.info("ONNX Runtime CUDA EP session for %s (CUDA graphs %s)", self.onnx_path.name, "on" if self.cuda_graph else "off")
+        logger.info("ONNX Runtime CUDA EP session for %s (CUDA graphs %s%s)", self.onnx_path.name,
+                    "on" if self.cuda_graph else "off", ", step graph" if self.step_graph else "")
 
     def _session(self, cuda_graph: bool):
         ort = self._ort
@@ -148,24 +205,45 @@ class OrtCudaBackend:
         dtype, tail = self.output_spec
         out = ort.OrtValue.ortvalue_from_shape_and_type([batch, *tail], dtype, "cuda", self.device_id)
         io.bind_ortvalue_output(self.output_name, out)
-        ro = ort.RunOptions()
-        if self.cuda_graph:
-            ro.add_run_config_entry("gpu_graph_id", str(batch))  # one graph per batch size; ids start at 1
-        b = self._bindings[batch] = _Binding(io, values, out, ro)
+        b = self._bindings[batch] = _Binding(io, values, out, self._run_options(batch, sync=True), batch)
+        self._graph_batch[batch] = batch
         return b
+
+    def _run_options(self, graph_id: int, sync: bool):
+        ro = self._ort.RunOptions()
+        if self.cuda_graph:
+            ro.add_run_config_entry("gpu_graph_id", str(graph_id))  # one graph per binding; ids start at 1
+        if not sync:  # the caller synchronizes (once per generation)
+            ro.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        return ro
+
+    def _run_bound(self, b: _Binding) -> None:
+        self.session.run_with_iobinding(b.io, b.run_options)
+        if self.cuda_graph:
+            key = (threading.get_ident(), b.graph_id)
+            self._graph_runs[key] = self._graph_runs.get(key, 0) + 1
 
     @property
     def graph_batches(self) -> list[int]:
-        """Batch sizes whose graph ONNX Runtime has captured: those run often enough on one thread
-        (see the module docstring); a batch size that was only bound is not among them."""
+        """Batch sizes with a graph ONNX Runtime has captured: run often enough on one thread (see the
+        module docstring); a batch size that was only bound is not among them."""
         if not self.cuda_graph:
             return []
-        return sorted({graph_id for (_, graph_id), n in self._graph_runs.items() if n > RUNS_BEFORE_CAPTURE})
+        return sorted({self._graph_batch[gid] for (_, gid), n in self._graph_runs.items() if n > RUNS_BEFORE_CAPTURE})
+
+    def _check_batch(self, batch: int) -> None:
+        if batch < 1 or batch < self.min_batch or (self.max_batch is not None and batch > self.max_batch):
+            raise ValueError(f"batch {batch} is outside {self.min_batch}..{self.max_batch}")
 
     def run(self, sample: np.ndarray, timestep: np.ndarray, class_labels: np.ndarray | None = None) -> np.ndarray:
         batch = int(sample.shape[0])
-        if batch < 1 or batch < self.min_batch or (self.max_batch is not None and batch > self.max_batch):
-            raise ValueError(f"batch {batch} is outside {self.min_batch}..{self.max_batch}")
+        self._check_batch(batch)
+        if self.step_graph:  # the UNet output of one step under UNET_ONLY_COEFS, zero noise term
+            with self._lock:
+                prog = self._program(batch, 1, False)
+                prog.layout.fill(prog.views, sample, class_labels, (timestep,), self._unet_only[None], None)
+                self._generate(prog, None)
+                return self._step_buffers[batch].unet_output.numpy()
         inputs = {SAMPLE: sample, TIMESTEP: timestep, CLASS_LABELS: class_labels}
         with self._lock:
             b = self._binding(batch)
@@ -177,8 +255,106 @@ class OrtCudaBackend:
                 if arr.shape != (batch, *tail):
                     raise ValueError(f"input {name!r} has shape {arr.shape}, expected {(batch, *tail)}")
                 b.inputs[name].update_inplace(arr)
-            self.session.run_with_iobinding(b.io, b.run_options)
-            if self.cuda_graph:
-                key = (threading.get_ident(), batch)
-                self._graph_runs[key] = self._graph_runs.get(key, 0) + 1
+            self._run_bound(b)
             return b.output.numpy()
+
+    # --- generations through the step graph ----------------------------------------------------
+    def _device(self, shape: Sequence[int], dtype: Any, zeros: bool = False):
+        ort = self._ort
+        if zeros:
+            return ort.OrtValue.ortvalue_from_numpy(np.zeros(tuple(shape), dtype), "cuda", self.device_id)
+        return ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, "cuda", self.device_id)
+
+    def _buffers(self, batch: int) -> _StepBuffers:
+        bufs = self._step_buffers.get(batch)
+        if bufs is None:
+            shape = (batch, *self.inputs[STEP_X][1])
+            bufs = self._step_buffers[batch] = _StepBuffers(
+                ping=(self._device(shape, np.float32), self._device(shape, np.float32)),
+                unet_output=self._device((batch, *self.output_spec[1]), self.output_spec[0]),
+                zeros=self._device(shape, np.float32, zeros=True),
+            )
+        return bufs
+
+    def _program(self, batch: int, steps: int, noisy: bool) -> _StepProgram:
+        key = (batch, steps, noisy)
+        prog = self._programs.get(key)
+        if prog is not None:
+            return prog
+        bufs = self._buffers(batch)
+        layout = GenerationLayout(batch, steps, noisy, self.inputs[STEP_X][1], self.conditional)
+        host = np.zeros(layout.nbytes, np.uint8)
+        staging = self._device((layout.nbytes,), np.uint8)
+        prog = _StepProgram(layout, staging, host, layout.views(host))
+        base, dev = staging.data_ptr(), self.device_id
+        x_shape = (batch, *self.inputs[STEP_X][1])
+        for i in range(steps):
+            io = self.session.io_binding()
+            x_ptr = base + layout.offset("x") if i == 0 else bufs.ping[i % 2].data_ptr()
+            io.bind_input(STEP_X, "cuda", dev, np.float32, x_shape, x_ptr)
+            io.bind_input(TIMESTEP, "cuda", dev, np.float32, (batch,), base + layout.offset("timesteps", i))
+            if self.conditional:
+                io.bind_input(CLASS_LABELS, "cuda", dev, np.int64, (batch,), base + layout.offset("labels"))
+            io.bind_input(STEP_COEFS, "cuda", dev, np.float32, (len(STEP_COEF_ORDER),), base + layout.offset("coefs", i))
+            noise_ptr = base + layout.offset("noise", i) if noisy else bufs.zeros.data_ptr()
+            io.bind_input(NOISE_TERM, "cuda", dev, np.float32, x_shape, noise_ptr)
+            io.bind_ortvalue_output(STEP_OUTPUT, bufs.ping[(i + 1) % 2])
+            io.bind_ortvalue_output(OUTPUT, bufs.unet_output)
+            graph_id = max([0, *self._graph_batch]) + 1
+            self._graph_batch[graph_id] = batch
+            prog.steps.append(_Binding(io, {}, bufs.ping[(i + 1) % 2], self._run_options(graph_id, sync=False), graph_id))
+        self._programs[key] = prog
+        return prog
+
+    def _generate(self, prog: _StepProgram, on_step: Callable[[int, np.ndarray], None] | None) -> Any:
+        """One upload, every step, one synchronize (one per step with `on_step`); returns the last x_next's OrtValue."""
+        prog.staging.update_inplace(prog.host)
+        for i, b in enumerate(prog.steps):
+            self._run_bound(b)
+            if on_step is not None:
+                b.io.synchronize_outputs()
+                on_step(i, b.output.numpy())
+        if on_step is None:
+            prog.steps[-1].io.synchronize_outputs()
+        return prog.steps[-1].output
+
+    def run_steps(self, sample: np.ndarray, timesteps: Sequence[np.ndarray], class_labels: np.ndarray | None,
+                  coefs: np.ndarray, renoise: np.ndarray | None,
+                  on_step: Callable[[int, np.ndarray], None] | None = None) -> np.ndarray:
+        """Every step of a generation through the step graph, on the device (see the module docstring)."""
+        if not self.step_graph:
+            raise RuntimeError(f"{self.onnx_path.name} is a plain UNet graph, not a step graph; load with step_graph=True")
+        batch = int(np.shape(sample)[0])
+        self._check_batch(batch)
+        if len(timesteps) < 1:
+            raise ValueError("run_steps needs at least one step")
+        with self._lock:
+            prog = self._program(batch, len(timesteps), renoise is not None)
+            prog.layout.fill(prog.views, sample, class_labels, timesteps, coefs, renoise)
+            return self._generate(prog, on_step).numpy()
+
+    def warmup(self, batch_sizes: Sequence[int], steps: Sequence[int] = (1, 2)) -> None:
+        """Make, for each batch size, the runs ONNX Runtime needs before it captures a graph id
+        (`RUNS_BEFORE_CAPTURE`, then the capturing run), in this thread: of the plain UNet call, and,
+        on a step graph, of a generation of each step count in `steps` (1 and 2 by default)."""
+        runs = RUNS_BEFORE_CAPTURE + 1 if self.cuda_graph else 1
+        for b in batch_sizes:
+            self._check_batch(int(b))
+        with self._lock:
+            for b in batch_sizes:
+                b = int(b)
+                if not self.step_graph:
+                    binding = self._binding(b)
+                    for name, value in binding.inputs.items():
+                        dtype, tail = self.inputs[name]
+                        value.update_inplace(np.zeros((b, *tail), dtype))
+                    for _ in range(runs):
+                        self._run_bound(binding)
+                    continue
+                keys = {(b, 1, False)} | {(b, int(s), int(s) > 1) for s in steps}
+                for key in sorted(keys):
+                    prog = self._program(*key)
+                    prog.host[...] = 0
+                    prog.views["coefs"][...] = self._unet_only
+                    for _ in range(runs):
+                        self._generate(prog, None)

@@ -112,3 +112,32 @@ def test_error_paths(runtime):
     cuda.set_device(0)
     with pytest.raises(cuda.CudaError, match="cudaMalloc"):
         cuda.DeviceBuffer(1 << 62)
+
+
+def test_memset_device_copies_and_events_around_a_graph(runtime):
+    """What the TensorRT backend's generation graph is made of besides its enqueues: a memset, device-to-device
+    copies, and CUDA events around the launch (elapsed time read after the synchronize)."""
+    stream = cuda.Stream()
+    n = 1024
+    a, b = cuda.DeviceBuffer(n * 4), cuda.DeviceBuffer(n * 4)
+    inp, out = cuda.PinnedArray((n,), np.float32), cuda.PinnedArray((n,), np.float32)
+    start, end = cuda.Event(), cuda.Event()
+
+    def work():
+        cuda.memset_async(b.ptr, 0, n * 2, stream)  # the first half of b: zeros
+        cuda.copy_dtod_async(b.ptr + n * 2, a.ptr + n * 2, n * 2, stream)  # the second half from a
+
+    graph = cuda.CudaGraph.capture(stream, work)
+    inp.array[:] = np.arange(n, dtype=np.float32)
+    cuda.copy_htod_async(a.ptr, inp.array, stream)
+    start.record(stream)
+    graph.launch(stream)
+    end.record(stream)
+    cuda.copy_dtoh_async(out.array, b.ptr, stream)
+    stream.synchronize()
+    np.testing.assert_array_equal(out.array[: n // 2], 0.0)
+    np.testing.assert_array_equal(out.array[n // 2:], inp.array[n // 2:])
+    assert cuda.Event.elapsed_ms(start, end) >= 0.0
+    graph.close()
+    for obj in (start, end, a, b, inp, out, stream):
+        obj.close()

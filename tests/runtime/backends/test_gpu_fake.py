@@ -172,6 +172,38 @@ def test_the_current_device_is_per_thread():
     assert rt.cudaSetDevice(2)[0] == rt.cudaError_t.cudaErrorInvalidDevice
 
 
+def test_memset_is_a_device_operation_and_capturable(simulated_gpu):
+    stream = cuda.Stream()
+    dev = cuda.DeviceBuffer(64)
+    host = cuda.PinnedArray((16,), np.float32)
+    host.array[:] = 3.0
+    cuda.copy_htod_async(dev.ptr, host.array, stream)
+    graph = cuda.CudaGraph.capture(stream, lambda: cuda.memset_async(dev.ptr, 0, 32, stream))  # a memset node
+    graph.launch(stream)
+    cuda.copy_dtoh_async(host.array, dev.ptr, stream)
+    stream.synchronize()
+    np.testing.assert_array_equal(host.array, [0.0] * 8 + [3.0] * 8)
+    with pytest.raises(cuda.CudaError, match="cudaMemsetAsync"):
+        cuda.memset_async(host.ptr, 0, 8, stream)  # pinned host memory is not device memory
+    assert "not inside one device allocation" in simulated_gpu.violations[-1]
+
+
+def test_events_time_the_work_between_them_on_the_virtual_clock(simulated_gpu):
+    stream = cuda.Stream()
+    start, end = cuda.Event(), cuda.Event()
+    dev = cuda.DeviceBuffer(64)
+    start.record(stream)
+    for _ in range(3):
+        cuda.memset_async(dev.ptr, 1, 64, stream)
+    end.record(stream)
+    with pytest.raises(cuda.CudaError, match="cudaEventElapsedTime"):
+        cuda.Event.elapsed_ms(start, end)  # not completed before a synchronize
+    stream.synchronize()
+    assert cuda.Event.elapsed_ms(start, end) > 0
+    for e in (start, end):
+        e.close()
+
+
 # --- TensorRT ------------------------------------------------------------------------------
 @pytest.fixture
 def engine(simulated_gpu, tmp_path):
@@ -376,3 +408,60 @@ def test_ort_cuda_graph_id_must_keep_its_addresses_and_shapes(simulated_ort_cuda
         s.run_with_iobinding(io2, ro)
     with pytest.raises(RuntimeError, match="run_with_iobinding"):
         s.run(None, {"x": np.zeros((2, 4), np.float32)})
+
+
+def test_ort_cuda_reading_or_overwriting_before_a_synchronize_is_caught(simulated_ort_cuda, tmp_path):
+    """A run with `disable_synchronize_execution_providers` leaves its work queued: its outputs are read,
+    and its inputs overwritten, only after a synchronize."""
+    import onnxruntime as ort
+
+    sim = simulated_ort_cuda
+    ort.preload_dlls()
+    s = ort.InferenceSession(str(_ort_model(tmp_path)), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    x = ort.OrtValue.ortvalue_from_numpy(np.ones((2, 4), np.float32), "cuda", 0)
+    y = ort.OrtValue.ortvalue_from_shape_and_type([2, 4], np.float32, "cuda", 0)
+    io = s.io_binding()
+    io.bind_input("x", "cuda", 0, np.float32, [2, 4], x.data_ptr())  # a raw device pointer
+    io.bind_output("y", "cuda", 0, np.float32, [2, 4], y.data_ptr())
+    with sim.measure() as c:
+        s.run_with_iobinding(io)  # default options: ONNX Runtime synchronizes at the end of the run
+    assert (c.host_syncs, c.ort_run_syncs) == (1, 1)
+    np.testing.assert_array_equal(y.numpy(), -np.ones((2, 4), np.float32))
+    ro = ort.RunOptions()
+    ro.add_run_config_entry("disable_synchronize_execution_providers", "1")
+    with sim.measure() as c:
+        s.run_with_iobinding(io, ro)
+    assert c.host_syncs == 0
+    with pytest.raises(RuntimeError, match="reading a CUDA tensor .* before a synchronize"):
+        y.numpy()
+    with pytest.raises(RuntimeError, match="update_inplace of a CUDA tensor before a synchronize"):
+        x.update_inplace(np.zeros((2, 4), np.float32))
+    io.synchronize_outputs()
+    np.testing.assert_array_equal(y.numpy(), -np.ones((2, 4), np.float32))
+    with pytest.raises(RuntimeError, match="not inside one live device allocation"):
+        io.bind_input("x", "cuda", 0, np.float32, [4, 4], x.data_ptr())  # 64 bytes over a 32-byte tensor
+
+
+def test_ort_cuda_replays_synchronize_whatever_the_run_options_say(simulated_ort_cuda, tmp_path):
+    """As in ONNX Runtime's CUDAGraphManager::Replay: a replayed graph id synchronizes its stream."""
+    import onnxruntime as ort
+
+    sim = simulated_ort_cuda
+    ort.preload_dlls()
+    s = ort.InferenceSession(str(_ort_model(tmp_path)),
+                             providers=[("CUDAExecutionProvider", {"enable_cuda_graph": "1"}), "CPUExecutionProvider"])
+    ro = ort.RunOptions()
+    ro.add_run_config_entry("gpu_graph_id", "1")
+    ro.add_run_config_entry("disable_synchronize_execution_providers", "1")
+    x = ort.OrtValue.ortvalue_from_numpy(np.ones((2, 4), np.float32), "cuda", 0)
+    y = ort.OrtValue.ortvalue_from_shape_and_type([2, 4], np.float32, "cuda", 0)
+    io = s.io_binding()
+    io.bind_ortvalue_input("x", x)
+    io.bind_ortvalue_output("y", y)
+    counts = []
+    for _ in range(4):  # two ordinary runs, the capturing run, a replay
+        with sim.measure() as c:
+            s.run_with_iobinding(io, ro)
+        counts.append((c.host_syncs, c.ort_capture_syncs, c.ort_replay_syncs))
+        io.synchronize_outputs()
+    assert counts == [(0, 0, 0), (0, 0, 0), (1, 1, 0), (1, 0, 1)]

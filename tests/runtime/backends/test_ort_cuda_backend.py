@@ -80,14 +80,90 @@ def test_runs_from_several_threads_are_serialized(simulated_ort_cuda, folder):
 
 def test_load_runs_a_multi_step_generation_on_ort_cuda(simulated_ort_cuda, folder):
     ref = cmrt.load(folder, device="cpu")
-    pipe = cmrt.load(folder)  # auto, no TensorRT: the ONNX Runtime CUDA EP
-    assert (pipe.backend.name, pipe.backend.device) == ("onnxruntime", "cuda")
-    for _ in range(2):
+    pipe = cmrt.load(folder)  # auto, no TensorRT: the ONNX Runtime CUDA EP, through the step graph
+    assert (pipe.backend.name, pipe.backend.device) == ("onnxruntime", "cuda") and pipe.step_graph
+    for _ in range(3):
         for batch in (1, 4):
             kw = dict(batch_size=batch, seed=batch, timesteps=[22, 0], output_type="np")
             np.testing.assert_allclose(pipe(**kw).images, ref(**kw).images, rtol=0, atol=1e-5)
-    assert pipe.backend.graph_batches == [1, 4]  # four UNet calls per batch size: captured
+    assert pipe.backend.graph_batches == [1, 4]  # each step's graph id run three times: captured
     assert not simulated_ort_cuda.violations, simulated_ort_cuda.violations
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_a_generation_on_ort_cuda_is_one_upload_and_one_synchronize(simulated_ort_cuda, folder, batch):
+    """Issue #17: device-resident buffers through IO binding, one synchronize at the end of a generation.
+    Without ONNX Runtime's CUDA graphs that is the generation's only host synchronize."""
+    sim = simulated_ort_cuda
+    ref = cmrt.load(folder, device="cpu")
+    pipe = cmrt.load(folder, device="cuda", use_cuda_graph=False)
+    assert pipe.step_graph and not pipe.backend.cuda_graph
+    for timesteps in ([0], [22, 0], [39, 20, 3]):
+        kw = dict(batch_size=batch, seed=batch, timesteps=timesteps, output_type="np")
+        pipe(**kw)  # the first call at this shape allocates its buffers
+        with sim.measure() as c:
+            got = pipe(**kw).images
+        np.testing.assert_allclose(got, ref(**kw).images, rtol=0, atol=1e-5)
+        # one synchronize; one blocking copy up (everything the steps read) and one down
+        assert (c.host_syncs, c.ort_syncs, c.ort_run_syncs, c.ort_copies) == (1, 1, 0, 2), (timesteps, c)
+    assert not sim.violations, sim.violations
+
+
+def test_with_cuda_graphs_cmrt_adds_one_synchronize_to_onnx_runtimes_replays(simulated_ort_cuda, folder):
+    """With CUDA graphs, ONNX Runtime's replay of each step's graph synchronizes (its CUDAGraphManager::Replay);
+    cmrt's own part stays one synchronize and two copies per generation, and after `warmup` nothing is captured."""
+    sim = simulated_ort_cuda
+    ref = cmrt.load(folder, device="cpu")
+    with sim.measure() as c:
+        pipe = cmrt.load(folder, device="cuda", warmup=[1, 4])
+    assert pipe.backend.cuda_graph and pipe.backend.graph_batches == [1, 4]
+    assert c.ort_graph_captures == 2 * 3  # per batch size: a UNet call's graph, and both steps of a 2-step generation
+    for batch in (1, 4):
+        for timesteps in ([0], [22, 0]):
+            kw = dict(batch_size=batch, seed=batch, timesteps=timesteps, output_type="np")
+            with sim.measure() as c:
+                got = pipe(**kw).images
+            np.testing.assert_allclose(got, ref(**kw).images, rtol=0, atol=1e-5)
+            assert c.ort_graph_captures == 0 and c.ort_graph_replays == len(timesteps)
+            assert (c.ort_syncs, c.ort_copies, c.ort_run_syncs) == (1, 2, 0)
+            assert c.host_syncs == 1 + c.ort_replay_syncs == 1 + len(timesteps)
+    seen = []  # a callback: one synchronize per step, the same steps as the CPU's
+    want = []
+    kw = dict(batch_size=2, seed=3, timesteps=[39, 20, 3], output_type="np")
+    ref(**kw, callback=lambda i, t, x: want.append(x))
+    pipe(**kw, callback=lambda i, t, x: seen.append(x))
+    assert len(seen) == 3 and all(np.abs(a - b).max() <= 1e-5 for a, b in zip(seen, want))
+    assert not sim.violations, sim.violations
+
+
+def test_plain_unet_calls_run_through_the_step_graph_on_ort_cuda(simulated_ort_cuda, folder):
+    from cmrt.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    pipe = cmrt.load(folder, device="cuda")
+    args = _args(folder, 3, seed=2)
+    want = OnnxRuntimeBackend(read_manifest(folder).onnx_path("fp32")).run(*args)
+    np.testing.assert_allclose(pipe.backend.run(*args), want, rtol=0, atol=1e-5)
+    assert not simulated_ort_cuda.violations, simulated_ort_cuda.violations
+
+
+def test_a_folder_without_step_graphs_runs_the_numpy_loop_on_ort_cuda(simulated_ort_cuda, folder, caplog):
+    import json
+
+    from cmrt.engine.manifest import write_manifest
+    from cmrt.engine.errors import EngineFolderError
+
+    data = json.loads((folder / "manifest.json").read_text())
+    step = data["onnx"]["fp32"].pop("step")
+    del data["files"][step["file"]]
+    (folder / step["file"]).unlink()
+    write_manifest(folder, data)
+    with caplog.at_level(logging.INFO, logger="cmrt"):
+        pipe = cmrt.load(folder, device="cuda")
+    assert (pipe.backend.name, pipe.backend.device) == ("onnxruntime", "cuda") and not pipe.step_graph
+    assert any("has no step graph of its fp32 graph" in r.getMessage() for r in caplog.records)
+    assert pipe(batch_size=2, seed=0, timesteps=[22, 0], output_type="np").images.shape == (2, 16, 16, 3)
+    with pytest.raises(EngineFolderError, match="no step graph"):
+        cmrt.load(folder, device="cuda", step_graph=True)
 
 
 def test_auto_skips_a_cuda_ep_that_does_not_load_with_one_log_line(simulated_ort_cuda, folder, caplog):

@@ -29,19 +29,24 @@ GPU_BOTH = gpu_env(H100, tensorrt=True, ort_cuda=True)
 GPU_NOTHING = gpu_env(H100, tensorrt=False, ort_cuda=False)
 
 
-def folder_data(with_fp16: bool = True, entry_platform=None) -> dict:
-    """A manifest dict with ONNX entries and (optionally) a TensorRT entry."""
+def folder_data(with_fp16: bool = True, entry_platform=None, step_graphs: bool = True) -> dict:
+    """A manifest dict with ONNX entries (with their step graphs, unless `step_graphs` is False: a
+    folder built before them) and (optionally) a TensorRT entry."""
     onnx = {"fp32": {"file": "unet.fp32.onnx"}}
-    files = {"unet.fp32.onnx": {"sha256": "a" * 64, "bytes": 1}}
+    files = {"unet.fp32.onnx": {"sha256": "a" * 64, "bytes": 1}, "unet.fp32.step.onnx": {"sha256": "c" * 64, "bytes": 1}}
     if with_fp16:
         onnx["fp16"] = {"file": "unet.fp16.onnx"}
         files["unet.fp16.onnx"] = {"sha256": "b" * 64, "bytes": 1}
+        files["unet.fp16.step.onnx"] = {"sha256": "d" * 64, "bytes": 1}
+    if step_graphs:
+        for precision, entry in onnx.items():
+            entry["step"] = {"file": f"unet.{precision}.step.onnx", "inputs": [], "outputs": []}
     data = {"onnx": onnx, "files": files, "build_options": {"min_batch": 1, "opt_batch": 4, "max_batch": 16}}
     if entry_platform is not None:
         opts = TensorRTOptions()
         batches = te.profile_for(data["build_options"], opts)
         data["tensorrt"] = te.engine_entry(
-            "x.plan", opts, batches, entry_platform, "unet.fp16.onnx", "b" * 64,
+            "x.plan", opts, batches, entry_platform, "unet.fp16.step.onnx", "d" * 64,
             {"tolerance": opts.effective_tolerance, "max_abs_error": 1e-3}, {},
         )
     return data
@@ -110,6 +115,17 @@ def test_stale_engine_that_cannot_be_rebuilt_falls_back_or_fails():
         select_backend(GPU_BOTH, backend="tensorrt", data=data)
 
 
+def test_a_folder_without_step_graphs_falls_back_with_the_reason():
+    """A folder built before step graphs: its engine (of any format) cannot be rebuilt from a step graph."""
+    data = folder_data(entry_platform=H100, step_graphs=False)
+    data["tensorrt"]["format"] = 2
+    s = select_backend(GPU_BOTH, data=data)
+    assert (s.backend, s.device) == ("onnxruntime", "cuda")
+    assert "built from the plain UNet graph" in s.fallback and "no step graph of its fp16 graph" in s.fallback
+    with pytest.raises(BackendUnavailableError, match="cannot be \\(re\\)built here: the folder has no step graph"):
+        select_backend(GPU_BOTH, backend="tensorrt", data=data)
+
+
 def test_engine_in_folder_on_a_machine_without_tensorrt():
     data = folder_data(entry_platform=H100)
     s = select_backend(CPU_ENV, data=data)
@@ -171,22 +187,29 @@ def test_load_on_this_machine_unpatched(engine_with_trt_entry):
 
 
 class FakeTensorRTBackend:
-    """Stands in for TensorRTBackend: serves the plan's ONNX through ONNX Runtime on the CPU."""
+    """Stands in for TensorRTBackend: serves the plan's step graph through ONNX Runtime on the CPU."""
 
     name, device = "tensorrt", "cuda"
     opened: list = []
 
-    def __init__(self, plan_path, io_spec, profile, use_cuda_graph=True, device_index=0):
+    def __init__(self, plan_path, io_spec, profiles, use_cuda_graph=True, device_index=0, step_graph=True):
         from cmrt.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
-        self.plan_path, self.profile, self.use_cuda_graph = plan_path, profile, use_cuda_graph
-        assert [t["name"] for t in io_spec["inputs"]] == ["sample", "timestep", "class_labels"]
-        self._ort = OnnxRuntimeBackend(plan_path.parent / "unet.fp32.onnx")
+        self.plan_path, self.profiles, self.use_cuda_graph, self.step_graph = plan_path, profiles, use_cuda_graph, step_graph
+        assert [t["name"] for t in io_spec["inputs"]] == ["x", "timestep", "class_labels", "step_coefs", "noise_term"]
+        self._ort = OnnxRuntimeBackend(plan_path.parent / "unet.fp32.step.onnx")
         FakeTensorRTBackend.opened.append(self)
 
+    def _check(self, batch):
+        assert self.profiles[0].min <= batch <= self.profiles[-1].max
+
     def run(self, sample, timestep, class_labels=None):
-        assert self.profile[0] <= sample.shape[0] <= self.profile[2]
+        self._check(sample.shape[0])
         return self._ort.run(sample, timestep, class_labels)
+
+    def run_steps(self, sample, *args, **kwargs):
+        self._check(sample.shape[0])
+        return self._ort.run_steps(sample, *args, **kwargs)
 
 
 def test_load_rebuilds_a_stale_engine_then_uses_it(small_models, tmp_path, monkeypatch, caplog):

@@ -38,10 +38,8 @@ def trt_folder(small_models, tmp_path_factory):
 def _backend(folder, **kw):
     from cmrt.runtime.backends.tensorrt_backend import TensorRTBackend
 
-    m = read_manifest(folder)
-    e = m.tensorrt
-    p = e["profile"]
-    return TensorRTBackend(folder / e["file"], m.io_spec(e["precision"]), (p["min"], p["opt"], p["max"]), **kw)
+    e = read_manifest(folder).tensorrt
+    return TensorRTBackend(folder / e["file"], e["io"], e["profiles"], **kw)
 
 
 def _args(folder, batch, seed=0):
@@ -123,12 +121,16 @@ def test_engine_dtypes_are_checked_against_the_manifest(simulated_gpu, trt_folde
     """Issue #15 item 6: an engine whose I/O dtypes are not the manifest's is refused at load, clearly."""
     from cmrt.runtime.backends.tensorrt_backend import TensorRTBackend
 
-    m = read_manifest(trt_folder)
-    e = m.tensorrt
-    io = json.loads(json.dumps(m.io_spec("fp32")))
+    e = read_manifest(trt_folder).tensorrt
+    io = json.loads(json.dumps(e["io"]))
     io["inputs"][0]["dtype"] = "float16"  # the manifest says fp16 I/O, the engine was built with fp32 I/O
-    with pytest.raises(RuntimeError, match=r"does not match the folder's manifest: 'sample' is FLOAT in the engine, float16"):
-        TensorRTBackend(trt_folder / e["file"], io, (1, 4, 8))
+    with pytest.raises(RuntimeError, match=r"does not match the folder's manifest: 'x' is FLOAT in the engine, float16"):
+        TensorRTBackend(trt_folder / e["file"], io, e["profiles"])
+    with pytest.raises(RuntimeError, match=r"has 2 optimization profiles, the manifest says 1; rebuild the engine"):
+        TensorRTBackend(trt_folder / e["file"], e["io"], [{"min": 1, "opt": 4, "max": 8}])
+    plain = read_manifest(trt_folder).io_spec("fp32")  # the plain UNet graph's I/O: not what the engine runs
+    with pytest.raises(RuntimeError, match=r"is not a step graph's; rebuild the engine"):
+        TensorRTBackend(trt_folder / e["file"], plain, e["profiles"])
 
 
 def test_one_context_and_graph_per_batch_size(simulated_gpu, trt_folder):
@@ -140,6 +142,133 @@ def test_one_context_and_graph_per_batch_size(simulated_gpu, trt_folder):
     assert backend.graph_batches == [1, 2, 8] and len(backend._slots) == 3
     with sim.measure() as counts:
         backend.run(*_args(trt_folder, 8))
-    assert (counts.host_syncs, counts.graph_launches, counts.enqueues, counts.memcpy_async) == (1, 1, 0, 4)
+    assert (counts.host_syncs, counts.graph_launches, counts.enqueues, counts.memcpy_async) == (1, 1, 0, 2)
     backend.close()
     assert not sim.violations, sim.violations
+
+
+# --- issue #17: a generation is one upload, one graph launch, one download, one synchronize --------
+def _pipes(folder, **kw):
+    import cmrt
+
+    return cmrt.load(folder, device="cpu"), cmrt.load(folder, backend="tensorrt", **kw)
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_a_generation_is_one_upload_one_launch_one_download_one_synchronize(simulated_gpu, trt_folder, batch):
+    sim = simulated_gpu
+    ref, pipe = _pipes(trt_folder)
+    assert pipe.step_graph and pipe.backend.step_graph
+    for timesteps in ([0], [22, 0], [39, 20, 3]):
+        kw = dict(batch_size=batch, seed=batch, timesteps=timesteps, output_type="np")
+        pipe(**kw)  # the first call at this shape makes its context (once per batch size) and captures its graph
+        with sim.measure() as c:
+            got = pipe(**kw).images
+        np.testing.assert_allclose(got, ref(**kw).images, rtol=0, atol=1e-5)  # the fake runs the ONNX in ONNX Runtime
+        assert (c.host_syncs, c.graph_launches, c.memcpy_async, c.enqueues, c.captures) == (1, 1, 2, 0, 0), (timesteps, c)
+        assert c.engine_runs == len(timesteps)  # the one launch ran every step
+    unconditional = ref(batch_size=batch, class_labels=list(range(batch)), seed=2, timesteps=[22, 0], output_type="np")
+    np.testing.assert_allclose(pipe(batch_size=batch, class_labels=list(range(batch)), seed=2, timesteps=[22, 0],
+                                    output_type="np").images, unconditional.images, rtol=0, atol=1e-5)
+    assert not sim.violations, sim.violations
+    pipe.backend.close()
+
+
+def test_batch_1_runs_on_the_opt_1_profile_and_batch_4_on_the_other(simulated_gpu, trt_folder):
+    from cmrt.engine.tensorrt import Profile
+
+    backend = _backend(trt_folder)
+    assert backend.profiles == (Profile(1, 1, 1), Profile(2, 4, 8))
+    for b in (1, 4, 2):
+        np.testing.assert_allclose(backend.run(*_args(trt_folder, b, b)), _reference(trt_folder, _args(trt_folder, b, b)),
+                                   rtol=0, atol=1e-5)
+    # what cmrt asked for, and what the (fake) TensorRT context runs on
+    assert {b: s.profile for b, s in backend._slots.items()} == {1: 0, 4: 1, 2: 1}
+    assert {b: s.context.active_optimization_profile for b, s in backend._slots.items()} == {1: 0, 4: 1, 2: 1}
+    assert not simulated_gpu.violations, simulated_gpu.violations
+    backend.close()
+
+
+def test_after_warmup_the_first_call_of_each_batch_size_captures_nothing(simulated_gpu, trt_folder):
+    sim = simulated_gpu
+    ref, _ = _pipes(trt_folder)
+    with sim.measure() as c:
+        _, pipe = _pipes(trt_folder, warmup=[1, 4])
+    # per batch size: a context, the graphs of a UNet call / a one-step generation and of a two-step one
+    assert pipe.backend.graph_keys == [(1, 1, False), (1, 2, True), (4, 1, False), (4, 2, True)] and c.captures == 4
+    assert pipe.backend.pop_event_timings() == []  # the warm-up's launches are not a request's
+    for batch in (1, 4):
+        for sched in ({"timesteps": [22, 0]}, {"num_inference_steps": 1}):
+            kw = dict(batch_size=batch, seed=7, output_type="np", **sched)
+            with sim.measure() as c:
+                got = pipe(**kw).images
+            assert (c.captures, c.enqueues, c.malloc, c.malloc_host, c.host_syncs, c.graph_launches) == (0, 0, 0, 0, 1, 1)
+            np.testing.assert_allclose(got, ref(**kw).images, rtol=0, atol=1e-5)
+        with sim.measure() as c:  # a plain UNet call (zero-shot editing) was warmed up too
+            pipe.backend.run(*_args(trt_folder, batch))
+        assert (c.captures, c.enqueues, c.host_syncs) == (0, 0, 1)
+    assert not sim.violations, sim.violations
+    pipe.backend.close()
+
+
+def test_a_callback_sees_every_step_at_one_synchronize_per_step(simulated_gpu, trt_folder):
+    sim = simulated_gpu
+    ref, pipe = _pipes(trt_folder, warmup=[2])
+    seen = {"ref": [], "trt": []}
+    kw = dict(batch_size=2, seed=3, timesteps=[39, 20, 3], output_type="np")
+    want = ref(**kw, callback=lambda i, t, x: seen["ref"].append((i, t, x))).images
+    with sim.measure() as c:
+        got = pipe(**kw, callback=lambda i, t, x: seen["trt"].append((i, t, x))).images
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    assert [(i, t) for i, t, _ in seen["trt"]] == [(i, t) for i, t, _ in seen["ref"]] and len(seen["trt"]) == 3
+    for (_, _, a), (_, _, b) in zip(seen["trt"], seen["ref"]):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+    # each step issued on its own and synchronized (the callback needs it on the host); still one upload.
+    # copies: the upload, a download per step, and on the device x_T and labels, per step its timesteps,
+    # constants and noise term, and x_next -> x between steps
+    assert (c.host_syncs, c.graph_launches, c.enqueues, c.captures) == (3, 0, 3, 0)
+    assert c.memcpy_async == 1 + 3 + 2 + 3 * 3 + 2
+    assert len(pipe.backend.pop_event_timings()) == 3  # one timing per step
+    assert not sim.violations, sim.violations
+    pipe.backend.close()
+
+
+def test_without_graphs_or_without_the_step_graph_the_images_are_the_same(simulated_gpu, trt_folder):
+    sim = simulated_gpu
+    ref, plain = _pipes(trt_folder, use_cuda_graph=False)
+    _, loop = _pipes(trt_folder, step_graph=False)
+    assert plain.step_graph and not loop.step_graph
+    kw = dict(batch_size=3, seed=9, timesteps=[39, 20, 3], output_type="np")
+    want = ref(**kw).images
+    for pipe, syncs, launches, enqueues in ((plain, 1, 0, 3), (loop, 3, 3, 0)):
+        pipe(**kw)
+        with sim.measure() as c:
+            np.testing.assert_allclose(pipe(**kw).images, want, rtol=0, atol=1e-5)
+        assert (c.host_syncs, c.graph_launches, c.enqueues) == (syncs, launches, enqueues)
+    assert plain.backend.graph_batches == [] and loop.backend.graph_keys == [(3, 1, False)]
+    assert not sim.violations, sim.violations
+
+
+def test_plain_unet_calls_and_editing_run_through_the_step_engine(simulated_gpu, trt_folder):
+    ref, pipe = _pipes(trt_folder)
+    args = _args(trt_folder, 3, seed=11)
+    np.testing.assert_allclose(pipe.backend.run(*args), _reference(trt_folder, args), rtol=0, atol=1e-5)
+    image = np.random.default_rng(2).uniform(0, 1, (16, 16, 3)).astype(np.float32)
+    kw = dict(image=image, class_labels=[3], seed=5, output_type="np")
+    np.testing.assert_allclose(pipe.colorize(**kw).images, ref.colorize(**kw).images, rtol=0, atol=1e-5)
+    assert not simulated_gpu.violations, simulated_gpu.violations
+
+
+def test_event_timings_come_from_cuda_events_one_per_launch(simulated_gpu, trt_folder):
+    """The fake's events read its virtual clock: present and positive, never a measured figure."""
+    _, pipe = _pipes(trt_folder)
+    pipe(batch_size=2, seed=0, timesteps=[22, 0], output_type="np")
+    pipe(batch_size=2, seed=1, timesteps=[22, 0], output_type="np")
+    timings = pipe.backend.pop_event_timings()
+    assert len(timings) == 2 and all(t > 0 for t in timings)  # one graph launch (both steps) per generation
+    assert pipe.backend.pop_event_timings() == []
+    pipe.backend.run(*_args(trt_folder, 2))
+    assert len(pipe.backend.pop_event_timings()) == 1  # one per UNet call
+    with pytest.raises(ValueError, match=r"coefs has shape \(1, 5\), expected \(2, 5\)"):
+        pipe.backend.run_steps(*_args(trt_folder, 2)[:1], [np.zeros(2, np.float32)] * 2, np.zeros(2, np.int64),
+                               np.zeros((1, 5), np.float32), None)
