@@ -10,6 +10,9 @@ import shutil
 
 import pytest
 
+# the simulated GPUs (tests/fakes/gpu.py) are fixtures every test folder may use
+pytest_plugins = ("tests.fakes.gpu",)
+
 
 def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", help="run tests marked slow (real-size models)")

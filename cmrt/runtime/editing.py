@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import numbers
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 

@@ -48,6 +48,16 @@ def check_warmup(batch_sizes: Any, min_batch: int, max_batch: int) -> list[int]:
     return sizes
 
 
+def _step_callback(callback: Callable, callback_steps: int, schedule: cm.Schedule) -> Callable[[int, np.ndarray], None]:
+    """diffusers' `callback(step, timestep, sample)` every `callback_steps` steps, as the loops' `on_step`."""
+
+    def on_step(i: int, x: np.ndarray) -> None:
+        if i % callback_steps == 0:
+            callback(i, float(schedule.timesteps[i]), x.copy())  # a copy: the loop reuses its buffers
+
+    return on_step
+
+
 class Pipeline(EditingMixin):
     """Generation on one engine folder through one backend. Create with `cmrt.load`."""
 
@@ -296,11 +306,7 @@ class Pipeline(EditingMixin):
         # bits as clipping x to [-1, 1] first, so that clip is skipped. (With more steps the last
         # one adds noise after its clip, which must stay.)
         clip = cfg.clip_denoised
-        on_step = None
-        if callback is not None:
-            def on_step(i: int, x: np.ndarray) -> None:
-                if i % callback_steps == 0:
-                    callback(i, float(schedule.timesteps[i]), x.copy())  # a copy: the loop reuses its buffers
+        on_step = None if callback is None else _step_callback(callback, callback_steps, schedule)
         if self.step_graph:
             # every step in the backend's step graph; its last step clips even where the numpy loop
             # skips it (one step, no callback): postprocessing makes the same bits of either

@@ -9,7 +9,6 @@ import pytest
 from benchmarks.latency import gpu_report as gr
 from benchmarks.latency import report
 from benchmarks.latency.systems import UNetClock
-from tests.fakes.gpu import simulated_gpu  # noqa: F401  (a fixture)
 
 
 @pytest.mark.parametrize("name, want", [

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,27 +22,18 @@ from cmrt.engine.tensorrt import (
     Platform,
     Profile,
     TensorRTOptions,
-    engine_decision,
-    engine_file_name,
-    profile_for,
-    rebuild_blocker,
-    wanted_settings,
 )
 from cmrt.runtime.backends import probe
 from tests.fakes.environments import (
     A100,
     CPU_ENV,
-    FOLDER_OPTS,
     H100,
-    H100_PCIE,
-    H100_TRT113,
     FakeTensorRT,
     add_fake_engine,
     fake_validation,
     gpu_env,
     patch_env,
 )
-from tests.fakes.gpu import simulated_gpu  # noqa: F401  (a fixture)
 
 
 # --- the build orchestration with fake TensorRT steps ------------------------------------

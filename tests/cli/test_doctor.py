@@ -11,7 +11,6 @@ from cmrt.cli import main
 from cmrt.cli.doctor import format_report, gather
 
 from tests.fakes.environments import A100, CPU_ENV, H100, add_fake_engine, gpu_env, patch_env
-from tests.fakes.gpu import simulated_ort_cuda  # noqa: F401  (a fixture)
 
 
 def test_doctor_runs_here(capsys):

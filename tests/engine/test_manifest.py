@@ -1,5 +1,4 @@
 """Engine folders as the run time sees them: self-contained, verified on load, refused when changed."""
-import json
 import shutil
 
 import pytest

@@ -1,22 +1,19 @@
 """The pure TensorRT decisions (cmrt.engine.tensorrt): profiles, options, names, reuse and rebuild."""
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cmrt.build import tensorrt as tb
 from cmrt.engine import tensorrt as te
-from cmrt.engine.errors import BackendUnavailableError, EngineFolderError, EngineValidationError
+from cmrt.engine.errors import EngineValidationError
 from cmrt.engine.io_spec import sample_inputs
 from cmrt.engine.manifest import read_manifest
 from cmrt.engine.tensorrt import (
-    Platform,
     Profile,
     TensorRTOptions,
     engine_decision,
@@ -25,10 +22,8 @@ from cmrt.engine.tensorrt import (
     rebuild_blocker,
     wanted_settings,
 )
-from cmrt.runtime.backends import probe
 from tests.fakes.environments import (
     A100,
-    CPU_ENV,
     FOLDER_OPTS,
     H100,
     H100_PCIE,

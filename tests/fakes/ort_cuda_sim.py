@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import threading
 import types
-from typing import Any
 
 import numpy as np
 

@@ -10,7 +10,6 @@ the `cmrt` model, its vendored runtime and its BLS calls run exactly as written.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys

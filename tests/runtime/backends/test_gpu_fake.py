@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from cmrt.runtime.backends import cuda
-from tests.fakes.gpu import simulated_gpu, simulated_ort_cuda  # noqa: F401  (fixtures)
 from tests.fakes.tensorrt_sim import DEVICE_MEMORY_SIZE
 
 

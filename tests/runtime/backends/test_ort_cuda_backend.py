@@ -16,7 +16,6 @@ import cmrt
 from cmrt.engine.errors import BackendUnavailableError
 from cmrt.engine.io_spec import sample_inputs
 from cmrt.engine.manifest import read_manifest
-from tests.fakes.gpu import simulated_ort_cuda  # noqa: F401  (a fixture)
 
 
 @pytest.fixture

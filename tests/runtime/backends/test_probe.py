@@ -5,7 +5,6 @@ import numpy as np
 
 from cmrt.runtime.backends.probe import PROBE_MODEL, Environment, GpuInfo
 from cmrt.runtime.backends.selection import select_backend
-from tests.fakes.gpu import simulated_ort_cuda  # noqa: F401  (a fixture)
 
 
 def test_probe_model_is_the_one_node_identity_model():

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 import cmrt
-from cmrt.build import tensorrt as tb
 from cmrt.engine import tensorrt as te
 from cmrt.engine.errors import BackendUnavailableError, EngineValidationError
 from cmrt.engine.tensorrt import TensorRTOptions

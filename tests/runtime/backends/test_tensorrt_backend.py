@@ -16,7 +16,7 @@ from cmrt.engine.io_spec import sample_inputs
 from cmrt.engine.manifest import read_manifest
 from cmrt.engine.tensorrt import TensorRTOptions
 from tests.fakes.cuda_sim import DeviceProps, Sim
-from tests.fakes.gpu import _install, simulated_gpu  # noqa: F401  (a fixture)
+from tests.fakes.gpu import _install
 
 
 @pytest.fixture(scope="module")
