@@ -66,3 +66,11 @@ def small_models(tmp_path_factory):
         )
         out[name] = (folder, engine)
     return out
+
+
+@pytest.fixture
+def engine_copy(small_models, tmp_path):
+    """A copy of the conditional small model's engine folder, for a test to change."""
+    engine = tmp_path / "engine"
+    shutil.copytree(small_models["cond"][1], engine)
+    return engine

@@ -10,67 +10,34 @@ from pathlib import Path
 
 from ..engine.atomic import staging_dir
 
+# What every openai consistency UNet shares (RGB in and out, 64-wide attention heads, resnet
+# up/down sampling); each architecture below adds its own sizes and blocks.
+_OPENAI_UNET = dict(in_channels=3, out_channels=3, attention_head_dim=64, upsample_type="resnet", downsample_type="resnet")
+
+
+def _blocks(resnet: int, attn: int) -> dict:
+    """`resnet` ResnetDownsample then `attn` AttnDown blocks, and the mirror image going up."""
+    return dict(
+        down_block_types=("ResnetDownsampleBlock2D",) * resnet + ("AttnDownBlock2D",) * attn,
+        up_block_types=("AttnUpBlock2D",) * attn + ("ResnetUpsampleBlock2D",) * resnet,
+    )
+
+
 IMAGENET64 = dict(
-    sample_size=64,
-    in_channels=3,
-    out_channels=3,
-    layers_per_block=3,
-    num_class_embeds=1000,
-    block_out_channels=(192, 384, 576, 768),
-    attention_head_dim=64,
-    down_block_types=("ResnetDownsampleBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
-    up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "ResnetUpsampleBlock2D"),
-    resnet_time_scale_shift="scale_shift",
-    attn_norm_num_groups=32,
-    upsample_type="resnet",
-    downsample_type="resnet",
+    _OPENAI_UNET, **_blocks(1, 3), sample_size=64, layers_per_block=3, num_class_embeds=1000,
+    block_out_channels=(192, 384, 576, 768), resnet_time_scale_shift="scale_shift", attn_norm_num_groups=32,
 )
 
 LSUN256 = dict(
-    sample_size=256,
-    in_channels=3,
-    out_channels=3,
-    layers_per_block=2,
-    num_class_embeds=None,
-    block_out_channels=(256, 256, 512, 512, 1024, 1024),
-    attention_head_dim=64,
-    down_block_types=(
-        "ResnetDownsampleBlock2D",
-        "ResnetDownsampleBlock2D",
-        "ResnetDownsampleBlock2D",
-        "AttnDownBlock2D",
-        "AttnDownBlock2D",
-        "AttnDownBlock2D",
-    ),
-    up_block_types=(
-        "AttnUpBlock2D",
-        "AttnUpBlock2D",
-        "AttnUpBlock2D",
-        "ResnetUpsampleBlock2D",
-        "ResnetUpsampleBlock2D",
-        "ResnetUpsampleBlock2D",
-    ),
-    resnet_time_scale_shift="default",
-    upsample_type="resnet",
-    downsample_type="resnet",
+    _OPENAI_UNET, **_blocks(3, 3), sample_size=256, layers_per_block=2, num_class_embeds=None,
+    block_out_channels=(256, 256, 512, 512, 1024, 1024), resnet_time_scale_shift="default",
 )
 
 # diffusers' own ConsistencyModelPipeline test UNet (tests/pipelines/consistency_models), class-conditional:
 # the built-in `tiny-random` model.
 TINY_RANDOM = dict(
-    sample_size=32,
-    in_channels=3,
-    out_channels=3,
-    layers_per_block=2,
-    num_class_embeds=1000,
-    block_out_channels=(32, 64),
-    attention_head_dim=8,
-    down_block_types=("ResnetDownsampleBlock2D", "AttnDownBlock2D"),
-    up_block_types=("AttnUpBlock2D", "ResnetUpsampleBlock2D"),
-    resnet_time_scale_shift="scale_shift",
-    attn_norm_num_groups=32,
-    upsample_type="resnet",
-    downsample_type="resnet",
+    _OPENAI_UNET, **_blocks(1, 1), sample_size=32, layers_per_block=2, num_class_embeds=1000,
+    block_out_channels=(32, 64), attention_head_dim=8, resnet_time_scale_shift="scale_shift", attn_norm_num_groups=32,
 )
 
 # name -> (UNet2DModel config, the scheduler's num_train_timesteps)

@@ -116,17 +116,34 @@ def _load_list(load, items, name: str, size, resize: bool, what: str, hint: str)
     return np.concatenate(parts)
 
 
+def _checked_args(value: Any, name: str, size: Any, resize: Any, required: str) -> tuple[int | None, bool]:
+    """What `load_images` and `load_masks` check first: `size`, `resize`, and that `value` is there."""
+    resize = _check_resize(resize)
+    if size is not None:
+        size = _check_size(name, size)
+    if value is None:
+        raise TypeError(f"{name} is required: {required}")
+    return size, resize
+
+
+def _is_size(batch: np.ndarray, name: str, size: int | None, resize: bool) -> bool:
+    """Whether `batch` [B, H, W, ...] is already `size` x `size` (or no size is asked for);
+    False means resize it, and a ValueError naming `name` is raised when that is not allowed."""
+    h, w = batch.shape[1:3]
+    if size is None or (h, w) == (size, size):
+        return True
+    if not resize:
+        raise ValueError(f"{name} is {w}x{h} but this needs {size}x{size}; resize it first or pass resize=True (CLI: drop --no-resize)")
+    return False
+
+
 def load_images(image: Any, name: str = "image", size: int | None = None, resize: bool = True) -> np.ndarray:
     """`image` as float32 [B, size, size, 3] in [0, 1].
 
     A size other than `size` x `size` is resized (bicubic) when `resize` is true, and is a
     ValueError naming `name` otherwise. `size=None` keeps the input size (all images must agree).
     """
-    resize = _check_resize(resize)
-    if size is not None:
-        size = _check_size(name, size)
-    if image is None:
-        raise TypeError(f"{name} is required: a PIL image or a numpy array [H, W, 3] / [B, H, W, 3] in [0, 1]")
+    size, resize = _checked_args(image, name, size, resize, "a PIL image or a numpy array [H, W, 3] / [B, H, W, 3] in [0, 1]")
     if isinstance(image, (list, tuple)):
         return _load_list(load_images, image, name, size, resize, "images", "; pass a size or resize them")
     if _is_pil(image):
@@ -138,11 +155,9 @@ def load_images(image: Any, name: str = "image", size: int | None = None, resize
             f"{name} must be a PIL image, a numpy array [H, W, 3] / [B, H, W, 3] in [0, 1], or a list of them; "
             f"got {type(image).__name__}"
         )
-    h, w = batch.shape[1:3]
-    if size is None or (h, w) == (size, size):
+    if _is_size(batch, name, size, resize):
         return np.ascontiguousarray(batch)
-    if not resize:
-        raise ValueError(f"{name} is {w}x{h} but this needs {size}x{size}; resize it first or pass resize=True (CLI: drop --no-resize)")
+    h, w = batch.shape[1:3]
     if h != w:
         logger.warning("%s is %dx%d (not square); it is stretched to %dx%d", name, w, h, size, size)
     else:
@@ -152,11 +167,7 @@ def load_images(image: Any, name: str = "image", size: int | None = None, resize
 
 def load_masks(mask: Any, name: str = "mask", size: int | None = None, resize: bool = True) -> np.ndarray:
     """`mask` as bool [B, size, size]; True = pixels to generate. Resizing is nearest-neighbour."""
-    resize = _check_resize(resize)
-    if size is not None:
-        size = _check_size(name, size)
-    if mask is None:
-        raise TypeError(f"{name} is required: a PIL image (white = generate) or a boolean numpy array [H, W]")
+    size, resize = _checked_args(mask, name, size, resize, "a PIL image (white = generate) or a boolean numpy array [H, W]")
     if isinstance(mask, (list, tuple)):
         return _load_list(load_masks, mask, name, size, resize, "masks", "")
     if _is_pil(mask):
@@ -187,11 +198,9 @@ def load_masks(mask: Any, name: str = "mask", size: int | None = None, resize: b
         check_image_size(name, batch.shape[2], batch.shape[1])
     else:
         raise TypeError(f"{name} must be a PIL image or a boolean numpy array [H, W] / [B, H, W], got {type(mask).__name__}")
-    h, w = batch.shape[1:3]
-    if size is None or (h, w) == (size, size):
+    if _is_size(batch, name, size, resize):
         return np.ascontiguousarray(batch)
-    if not resize:
-        raise ValueError(f"{name} is {w}x{h} but this needs {size}x{size}; resize it first or pass resize=True (CLI: drop --no-resize)")
+    h, w = batch.shape[1:3]
     from PIL import Image
 
     out = [

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 
 import numpy as np
 import pytest
@@ -38,10 +37,8 @@ from tests.fakes.environments import (
 
 # --- the build orchestration with fake TensorRT steps ------------------------------------
 @pytest.fixture
-def folder(small_models, tmp_path):
-    engine = tmp_path / "engine"
-    shutil.copytree(small_models["cond"][1], engine)
-    return engine
+def folder(engine_copy):
+    return engine_copy
 
 
 def test_engine_is_added_to_the_folder_then_reused(folder, monkeypatch, tmp_path):

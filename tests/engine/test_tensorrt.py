@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 
 import numpy as np
 import pytest
@@ -264,10 +263,8 @@ def test_validation_inputs_and_comparison():
 
 # --- a folder built before latency profiles, through cmrt.load ----------------------------
 @pytest.fixture
-def old_folder(small_models, tmp_path):
-    folder = tmp_path / "engine"
-    shutil.copytree(small_models["cond"][1], folder)
-    return folder
+def old_folder(engine_copy):
+    return engine_copy
 
 
 def test_a_folder_built_before_latency_profiles_is_rebuilt_on_load(old_folder, monkeypatch, caplog):

@@ -53,24 +53,13 @@ class cudaError_t(enum.IntEnum):
     cudaErrorStreamCaptureWrongThread = 908
 
 
-class cudaMemcpyKind(enum.IntEnum):
-    cudaMemcpyHostToHost = 0
-    cudaMemcpyHostToDevice = 1
-    cudaMemcpyDeviceToHost = 2
-    cudaMemcpyDeviceToDevice = 3
-    cudaMemcpyDefault = 4
+cudaMemcpyKind = enum.IntEnum("cudaMemcpyKind", "cudaMemcpyHostToHost cudaMemcpyHostToDevice cudaMemcpyDeviceToHost cudaMemcpyDeviceToDevice cudaMemcpyDefault", start=0)
 
 
-class cudaStreamCaptureMode(enum.IntEnum):
-    cudaStreamCaptureModeGlobal = 0
-    cudaStreamCaptureModeThreadLocal = 1
-    cudaStreamCaptureModeRelaxed = 2
+cudaStreamCaptureMode = enum.IntEnum("cudaStreamCaptureMode", "cudaStreamCaptureModeGlobal cudaStreamCaptureModeThreadLocal cudaStreamCaptureModeRelaxed", start=0)
 
 
-class cudaStreamCaptureStatus(enum.IntEnum):
-    cudaStreamCaptureStatusNone = 0
-    cudaStreamCaptureStatusActive = 1
-    cudaStreamCaptureStatusInvalidated = 2
+cudaStreamCaptureStatus = enum.IntEnum("cudaStreamCaptureStatus", "cudaStreamCaptureStatusNone cudaStreamCaptureStatusActive cudaStreamCaptureStatusInvalidated", start=0)
 
 
 class _Handle:

@@ -39,16 +39,7 @@ CACHE_MAGIC = b"CMRT-FAKE-TRT-CACHE\n"
 DEVICE_MEMORY_SIZE = 64 << 10
 
 
-class DataType(enum.IntEnum):
-    FLOAT = 0
-    HALF = 1
-    INT8 = 2
-    INT32 = 3
-    BOOL = 4
-    UINT8 = 5
-    FP8 = 6
-    BF16 = 7
-    INT64 = 8
+DataType = enum.IntEnum("DataType", "FLOAT HALF INT8 INT32 BOOL UINT8 FP8 BF16 INT64", start=0)
 
 
 _NP = {DataType.FLOAT: np.float32, DataType.HALF: np.float16, DataType.INT32: np.int32, DataType.INT64: np.int64,
@@ -57,74 +48,41 @@ _FROM_ONNX = {1: DataType.FLOAT, 10: DataType.HALF, 6: DataType.INT32, 7: DataTy
               2: DataType.UINT8, 9: DataType.BOOL, 16: DataType.BF16}
 
 
-class TensorIOMode(enum.IntEnum):
-    NONE = 0
-    INPUT = 1
-    OUTPUT = 2
+TensorIOMode = enum.IntEnum("TensorIOMode", "NONE INPUT OUTPUT", start=0)
 
 
-class ExecutionContextAllocationStrategy(enum.IntEnum):
-    STATIC = 0
-    ON_PROFILE_CHANGE = 1
-    USER_MANAGED = 2
+ExecutionContextAllocationStrategy = enum.IntEnum("ExecutionContextAllocationStrategy", "STATIC ON_PROFILE_CHANGE USER_MANAGED", start=0)
 
 
 class NetworkDefinitionCreationFlag(enum.IntEnum):
     STRONGLY_TYPED = 1  # TensorRT 11: always on; EXPLICIT_BATCH is gone
 
 
-class BuilderFlag(enum.IntEnum):  # TensorRT 11: no FP16 / BF16 / INT8 / precision-constraint flags
-    GPU_FALLBACK = 1
-    REFIT = 2
-    DISABLE_TIMING_CACHE = 3
-    TF32 = 4
-    SPARSE_WEIGHTS = 5
-    SAFETY_SCOPE = 6
-    DIRECT_IO = 7
-    VERSION_COMPATIBLE = 8
-    EXCLUDE_LEAN_RUNTIME = 9
-    ERROR_ON_TIMING_CACHE_MISS = 10
-    DISABLE_COMPILATION_CACHE = 11
-    STRIP_PLAN = 12
+BuilderFlag = enum.IntEnum("BuilderFlag", "GPU_FALLBACK REFIT DISABLE_TIMING_CACHE TF32 SPARSE_WEIGHTS SAFETY_SCOPE DIRECT_IO VERSION_COMPATIBLE EXCLUDE_LEAN_RUNTIME ERROR_ON_TIMING_CACHE_MISS DISABLE_COMPILATION_CACHE STRIP_PLAN", start=1)  # TensorRT 11: no FP16 / BF16 / INT8 / precision-constraint flags
 
 
-class MemoryPoolType(enum.IntEnum):
-    WORKSPACE = 0
-    TACTIC_SHARED_MEMORY = 1
+MemoryPoolType = enum.IntEnum("MemoryPoolType", "WORKSPACE TACTIC_SHARED_MEMORY", start=0)
 
 
-class TacticSource(enum.IntEnum):
-    CUBLAS = 0
-    CUDNN = 1
-    EDGE_MASK_CONVOLUTIONS = 2
-    JIT_CONVOLUTIONS = 3
+TacticSource = enum.IntEnum("TacticSource", "CUBLAS CUDNN EDGE_MASK_CONVOLUTIONS JIT_CONVOLUTIONS", start=0)
 
 
-class PreviewFeature(enum.IntEnum):
-    PROFILE_SHARING_0806 = 0
+PreviewFeature = enum.IntEnum("PreviewFeature", "PROFILE_SHARING_0806", start=0)
 
 
-class DeviceType(enum.IntEnum):
-    GPU = 0
-    DLA = 1
+DeviceType = enum.IntEnum("DeviceType", "GPU DLA", start=0)
 
 
-class EngineCapability(enum.IntEnum):
-    STANDARD = 0
+EngineCapability = enum.IntEnum("EngineCapability", "STANDARD", start=0)
 
 
-class ProfilingVerbosity(enum.IntEnum):
-    LAYER_NAMES_ONLY = 0
-    NONE = 1
-    DETAILED = 2
+ProfilingVerbosity = enum.IntEnum("ProfilingVerbosity", "LAYER_NAMES_ONLY NONE DETAILED", start=0)
 
 
-class OnnxParserFlag(enum.IntEnum):
-    NATIVE_INSTANCENORM = 0
+OnnxParserFlag = enum.IntEnum("OnnxParserFlag", "NATIVE_INSTANCENORM", start=0)
 
 
-class LayerType(enum.IntEnum):
-    SHAPE = 0
+LayerType = enum.IntEnum("LayerType", "SHAPE", start=0)
 
 
 class HostMemory(bytes):

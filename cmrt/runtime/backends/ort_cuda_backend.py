@@ -48,18 +48,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ...engine.io_spec import (
-    CLASS_LABELS,
-    NOISE_TERM,
-    OUTPUT,
-    SAMPLE,
-    STEP_COEF_ORDER,
-    STEP_COEFS,
-    STEP_OUTPUT,
-    STEP_X,
-    TIMESTEP,
-    UNET_ONLY_COEFS,
-)
+from ...engine import io_spec as spec
 from .staging import GenerationLayout
 
 logger = logging.getLogger(__name__)
@@ -165,12 +154,12 @@ class OrtCudaBackend:
             )
         self.provider = active[0]
         self.inputs = {i.name: (np.dtype(_ORT_TYPES[i.type]), tuple(int(d) for d in i.shape[1:])) for i in self.session.get_inputs()}
-        self.step_graph = STEP_X in self.inputs
-        out = next(o for o in self.session.get_outputs() if o.name == OUTPUT) if self.step_graph else self.session.get_outputs()[0]
+        self.step_graph = spec.STEP_X in self.inputs
+        out = next(o for o in self.session.get_outputs() if o.name == spec.OUTPUT) if self.step_graph else self.session.get_outputs()[0]
         self.output_name = out.name
         self.output_spec = (np.dtype(_ORT_TYPES[out.type]), tuple(int(d) for d in out.shape[1:]))
-        self.conditional = CLASS_LABELS in self.inputs
-        self._unet_only = np.array([UNET_ONLY_COEFS[n] for n in STEP_COEF_ORDER], dtype=np.float32)
+        self.conditional = spec.CLASS_LABELS in self.inputs
+        self._unet_only = np.array([spec.UNET_ONLY_COEFS[n] for n in spec.STEP_COEF_ORDER], dtype=np.float32)
         self._bindings: dict[int, _Binding] = {}
         self._step_buffers: dict[int, _StepBuffers] = {}
         self._programs: dict[tuple[int, int, bool], _StepProgram] = {}
@@ -238,13 +227,13 @@ class OrtCudaBackend:
     def run(self, sample: np.ndarray, timestep: np.ndarray, class_labels: np.ndarray | None = None) -> np.ndarray:
         batch = int(sample.shape[0])
         self._check_batch(batch)
-        if self.step_graph:  # the UNet output of one step under UNET_ONLY_COEFS, zero noise term
+        if self.step_graph:  # the UNet output of one step under spec.UNET_ONLY_COEFS, zero noise term
             with self._lock:
                 prog = self._program(batch, 1, False)
                 prog.layout.fill(prog.views, sample, class_labels, (timestep,), self._unet_only[None], None)
                 self._generate(prog, None)
                 return self._step_buffers[batch].unet_output.numpy()
-        inputs = {SAMPLE: sample, TIMESTEP: timestep, CLASS_LABELS: class_labels}
+        inputs = {spec.SAMPLE: sample, spec.TIMESTEP: timestep, spec.CLASS_LABELS: class_labels}
         with self._lock:
             b = self._binding(batch)
             for name, (dtype, tail) in self.inputs.items():
@@ -268,7 +257,7 @@ class OrtCudaBackend:
     def _buffers(self, batch: int) -> _StepBuffers:
         bufs = self._step_buffers.get(batch)
         if bufs is None:
-            shape = (batch, *self.inputs[STEP_X][1])
+            shape = (batch, *self.inputs[spec.STEP_X][1])
             bufs = self._step_buffers[batch] = _StepBuffers(
                 ping=(self._device(shape, np.float32), self._device(shape, np.float32)),
                 unet_output=self._device((batch, *self.output_spec[1]), self.output_spec[0]),
@@ -282,24 +271,24 @@ class OrtCudaBackend:
         if prog is not None:
             return prog
         bufs = self._buffers(batch)
-        layout = GenerationLayout(batch, steps, noisy, self.inputs[STEP_X][1], self.conditional)
+        layout = GenerationLayout(batch, steps, noisy, self.inputs[spec.STEP_X][1], self.conditional)
         host = np.zeros(layout.nbytes, np.uint8)
         staging = self._device((layout.nbytes,), np.uint8)
         prog = _StepProgram(layout, staging, host, layout.views(host))
         base, dev = staging.data_ptr(), self.device_id
-        x_shape = (batch, *self.inputs[STEP_X][1])
+        x_shape = (batch, *self.inputs[spec.STEP_X][1])
         for i in range(steps):
             io = self.session.io_binding()
             x_ptr = base + layout.offset("x") if i == 0 else bufs.ping[i % 2].data_ptr()
-            io.bind_input(STEP_X, "cuda", dev, np.float32, x_shape, x_ptr)
-            io.bind_input(TIMESTEP, "cuda", dev, np.float32, (batch,), base + layout.offset("timesteps", i))
+            io.bind_input(spec.STEP_X, "cuda", dev, np.float32, x_shape, x_ptr)
+            io.bind_input(spec.TIMESTEP, "cuda", dev, np.float32, (batch,), base + layout.offset("timesteps", i))
             if self.conditional:
-                io.bind_input(CLASS_LABELS, "cuda", dev, np.int64, (batch,), base + layout.offset("labels"))
-            io.bind_input(STEP_COEFS, "cuda", dev, np.float32, (len(STEP_COEF_ORDER),), base + layout.offset("coefs", i))
+                io.bind_input(spec.CLASS_LABELS, "cuda", dev, np.int64, (batch,), base + layout.offset("labels"))
+            io.bind_input(spec.STEP_COEFS, "cuda", dev, np.float32, (len(spec.STEP_COEF_ORDER),), base + layout.offset("coefs", i))
             noise_ptr = base + layout.offset("noise", i) if noisy else bufs.zeros.data_ptr()
-            io.bind_input(NOISE_TERM, "cuda", dev, np.float32, x_shape, noise_ptr)
-            io.bind_ortvalue_output(STEP_OUTPUT, bufs.ping[(i + 1) % 2])
-            io.bind_ortvalue_output(OUTPUT, bufs.unet_output)
+            io.bind_input(spec.NOISE_TERM, "cuda", dev, np.float32, x_shape, noise_ptr)
+            io.bind_ortvalue_output(spec.STEP_OUTPUT, bufs.ping[(i + 1) % 2])
+            io.bind_ortvalue_output(spec.OUTPUT, bufs.unet_output)
             graph_id = max([0, *self._graph_batch]) + 1
             self._graph_batch[graph_id] = batch
             prog.steps.append(_Binding(io, {}, bufs.ping[(i + 1) % 2], self._run_options(graph_id, sync=False), graph_id))

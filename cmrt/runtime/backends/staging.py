@@ -61,10 +61,7 @@ class GenerationLayout:
              timesteps: Sequence[np.ndarray], coefs: np.ndarray, renoise: np.ndarray | None) -> None:
         """Check a generation's arrays against the layout and copy them into `views` (from `views`)."""
         b = self.batch
-        x = np.asarray(x)
-        if x.shape != views["x"].shape:
-            raise ValueError(f"the sample has shape {x.shape}, expected {views['x'].shape}")
-        np.copyto(views["x"], x, casting="same_kind")
+        _put(views["x"], x, "the sample")
         if self.conditional:
             if labels is None:
                 raise ValueError("this model needs class_labels")
@@ -77,20 +74,19 @@ class GenerationLayout:
         if len(timesteps) != self.steps:
             raise ValueError(f"{len(timesteps)} timestep arrays for {self.steps} steps")
         for i, t in enumerate(timesteps):
-            t = np.asarray(t)
-            if t.shape != (b,):
-                raise ValueError(f"timesteps[{i}] has shape {t.shape}, expected {(b,)}")
-            np.copyto(views["timesteps"][i], t, casting="same_kind")
-        coefs = np.asarray(coefs)
-        if coefs.shape != views["coefs"].shape:
-            raise ValueError(f"coefs has shape {coefs.shape}, expected {views['coefs'].shape} (steps, {len(STEP_COEF_ORDER)})")
-        np.copyto(views["coefs"], coefs, casting="same_kind")
+            _put(views["timesteps"][i], t, f"timesteps[{i}]")
+        _put(views["coefs"], coefs, "coefs", f" (steps, {len(STEP_COEF_ORDER)})")
         if self.noisy:
             if renoise is None:
                 raise ValueError("this generation renoises: renoise [steps, B, C, H, W] is needed")
-            renoise = np.asarray(renoise)
-            if renoise.shape != views["noise"].shape:
-                raise ValueError(f"renoise has shape {renoise.shape}, expected {views['noise'].shape}")
-            np.copyto(views["noise"], renoise, casting="same_kind")
+            _put(views["noise"], renoise, "renoise")
         elif renoise is not None:
             raise ValueError("renoising terms were given to a generation laid out without them")
+
+
+def _put(view: np.ndarray, value, what: str, layout: str = "") -> None:
+    """Copy `value` into its staging `view`, or a ValueError naming `what` when the shapes differ."""
+    value = np.asarray(value)
+    if value.shape != view.shape:
+        raise ValueError(f"{what} has shape {value.shape}, expected {view.shape}{layout}")
+    np.copyto(view, value, casting="same_kind")

@@ -105,23 +105,27 @@ def test_folder_engine_current_stale_or_missing():
     assert s.backend == "tensorrt" and s.engine_action == "build"
 
 
-def test_stale_engine_that_cannot_be_rebuilt_falls_back_or_fails():
-    data = folder_data(with_fp16=False, entry_platform=A100)
-    s = select_backend(GPU_BOTH, data=data)
-    assert (s.backend, s.device) == ("onnxruntime", "cuda")
-    assert "built for NVIDIA A100-SXM4-80GB" in s.fallback and "no fp16 ONNX model" in s.fallback
-    with pytest.raises(BackendUnavailableError, match="cannot be \\(re\\)built here: the folder has no fp16 ONNX"):
-        select_backend(GPU_BOTH, backend="tensorrt", data=data)
+def _stale_gpu_folder():
+    return folder_data(with_fp16=False, entry_platform=A100)
 
 
-def test_a_folder_without_step_graphs_falls_back_with_the_reason():
+def _folder_before_step_graphs():
     """A folder built before step graphs: its engine (of any format) cannot be rebuilt from a step graph."""
     data = folder_data(entry_platform=H100, step_graphs=False)
     data["tensorrt"]["format"] = 2
+    return data
+
+
+@pytest.mark.parametrize("make_data, why, blocked", [
+    (_stale_gpu_folder, ("built for NVIDIA A100-SXM4-80GB", "no fp16 ONNX model"), "the folder has no fp16 ONNX"),
+    (_folder_before_step_graphs, ("built from the plain UNet graph", "no step graph of its fp16 graph"), "the folder has no step graph"),
+])
+def test_an_engine_that_cannot_be_rebuilt_falls_back_or_fails(make_data, why, blocked):
+    data = make_data()
     s = select_backend(GPU_BOTH, data=data)
     assert (s.backend, s.device) == ("onnxruntime", "cuda")
-    assert "built from the plain UNet graph" in s.fallback and "no step graph of its fp16 graph" in s.fallback
-    with pytest.raises(BackendUnavailableError, match="cannot be \\(re\\)built here: the folder has no step graph"):
+    assert all(w in s.fallback for w in why), s.fallback
+    with pytest.raises(BackendUnavailableError, match=f"cannot be \\(re\\)built here: {blocked}"):
         select_backend(GPU_BOTH, backend="tensorrt", data=data)
 
 
