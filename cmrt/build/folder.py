@@ -19,7 +19,7 @@ from typing import Any
 from .._version import __version__
 from ..engine.atomic import staging_dir, target_lock
 from ..engine.errors import BackendUnavailableError, EngineFolderError
-from ..engine.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, file_record, read_manifest, write_manifest
+from ..engine.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, file_record, read_manifest, seed_verified, write_manifest
 from ..engine.models import ModelSource, resolve_model
 from ..engine.options import BUILD_BACKENDS, BuildOptions
 from ..engine.paths import default_engine_dir
@@ -205,4 +205,6 @@ def _export_folder(source: ModelSource, out: Path, options: BuildOptions, key: s
         }
         write_manifest(stage, manifest)
         bar.update()
+    # the files were hashed for the manifest just now: the first load need not read them again
+    seed_verified(read_manifest(out, verify=False))
     logger.info("built %s in %.1f s", out, time.perf_counter() - t0)

@@ -401,7 +401,7 @@ def ensure_tensorrt_engine(
     rewrite sees a checksum mismatch and refuses the folder: refused, never wrong.)
     """
     from ..engine.atomic import target_lock, write_bytes_atomic
-    from ..engine.manifest import file_record, read_manifest, write_manifest
+    from ..engine.manifest import file_record, read_manifest, seed_verified, write_manifest
 
     folder = Path(folder)
     options = options or TensorRTOptions()
@@ -458,6 +458,7 @@ def ensure_tensorrt_engine(
         new_data["files"] = files
         new_data[ENTRY_KEY] = new_entry
         write_manifest(folder, new_data)
+        seed_verified(read_manifest(folder, verify=False))  # the record keeps the files verified above
         if old_file and old_file != name:
             with contextlib.suppress(FileNotFoundError):
                 (folder / old_file).unlink()

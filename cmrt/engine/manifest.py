@@ -40,10 +40,11 @@ from typing import Any
 
 from .errors import EngineFolderError
 from .manifest_schema import SchemaError, check_manifest_data
+from .verified import Identity, VerifiedRecord, identity
 
 __all__ = [
     "DIGEST_KEY", "FORMAT", "FORMAT_VERSION", "MANIFEST_NAME", "EngineFolderError", "Manifest", "Verification",
-    "check_files", "file_record", "manifest_digest", "parse_manifest", "read_manifest", "sha256_file",
+    "check_files", "file_record", "manifest_digest", "parse_manifest", "read_manifest", "seed_verified", "sha256_file",
     "start_verification", "write_manifest",
 ]
 
@@ -59,43 +60,46 @@ REBUILD = "rebuild the folder with `cmrt build`"
 # moves its ctime, which no user-space call can set back, so an in-place edit that keeps
 # the size and restores the mtime still misses the cache. A file changed less than
 # RACY_SECONDS before its hash began is not cached (the clock tick that stamps ctime is
-# coarse: an edit in the same tick would otherwise look unchanged), as git does.
+# coarse: an edit in the same tick would otherwise look unchanged), as git does; nor is one
+# whose identity moved while it was read. The same rules decide what the record of verified
+# files (`cmrt.engine.verified`, which outlives the process) may keep.
 _HASH_CACHE: dict[tuple, str] = {}
 RACY_SECONDS = 2.0
-
-
-def _stat_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
 HASH_BLOCK = 1 << 24
 
 
-def _hash_file(path: str | os.PathLike, algorithm: str, new_hash) -> str:
-    """A file's digest by `new_hash()`, read into one reused buffer, remembered per
-    (device, inode, size, mtime, ctime, algorithm) so repeated loads in one process are free.
+def _hash(path: str | os.PathLike, algorithm: str, new_hash) -> tuple[str, Identity | None]:
+    """A file's digest by `new_hash()`, and the file's identity where it may be remembered (else None).
 
-    Not through a memory mapping: mapped pages count in the process's resident memory while
-    mapped, so hashing a 1 GB file that way would raise the load's peak RSS by 1 GB. hashlib
-    and the reads release the GIL, so a background hash runs beside the main thread's work
-    (ONNX Runtime releases it while it creates a session).
+    Read into one reused buffer, not through a memory mapping: mapped pages count in the
+    process's resident memory while mapped, so hashing a 1 GB file that way would raise the
+    load's peak RSS by 1 GB. hashlib and the reads release the GIL, so a background hash runs
+    beside the main thread's work (ONNX Runtime releases it while it creates a session).
+    Remembered per process in `_HASH_CACHE`, so repeated loads in one process are free.
     """
     started = time.time()
     with open(path, "rb", buffering=0) as f:
         st = os.fstat(f.fileno())
-        key = (*_stat_key(st), algorithm)
+        ident = identity(st)
+        key = (*ident, algorithm)
         cached = _HASH_CACHE.get(key)
         if cached is not None:
-            return cached
+            return cached, ident
         h = new_hash()
         buf = bytearray(HASH_BLOCK)
         view = memoryview(buf)
         while n := f.readinto(buf):
             h.update(view[:n])
+        held_still = identity(os.fstat(f.fileno())) == ident
     digest = h.hexdigest()
-    if started - st.st_ctime_ns / 1e9 >= RACY_SECONDS:
-        _HASH_CACHE[key] = digest
-    return digest
+    if not held_still or started - st.st_ctime_ns / 1e9 < RACY_SECONDS:
+        return digest, None
+    _HASH_CACHE[key] = digest
+    return digest, ident
+
+
+def _hash_file(path: str | os.PathLike, algorithm: str, new_hash) -> str:
+    return _hash(path, algorithm, new_hash)[0]
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -111,19 +115,27 @@ def _blake3():
     return blake3
 
 
+def _blake3_hasher(b3):
+    return lambda: b3.blake3(max_threads=b3.blake3.AUTO)
+
+
 def blake3_file(path: str | os.PathLike) -> str | None:
     """BLAKE3 of a file (multi-threaded over each block), or None where `blake3` is not installed."""
     b3 = _blake3()
     if b3 is None:
         return None
-    return _hash_file(path, "blake3", lambda: b3.blake3(max_threads=b3.blake3.AUTO))
+    return _hash_file(path, "blake3", _blake3_hasher(b3))
 
 
-def digest_matches(path: Path, record: dict[str, Any]) -> bool:
-    """Whether `path` has the digest `record` gives: its BLAKE3 where recorded and installed, else its SHA-256."""
+def expected_digest(record: dict[str, Any]) -> tuple[str, str]:
+    """(algorithm, digest) a file is checked by: its BLAKE3 where recorded and installed, else its SHA-256."""
     if record.get("blake3") and _blake3() is not None:
-        return blake3_file(path) == record["blake3"]
-    return sha256_file(path) == record["sha256"]
+        return "blake3", record["blake3"]
+    return "sha256", record["sha256"]
+
+
+def _hash_by(path: Path, algorithm: str) -> tuple[str, Identity | None]:
+    return _hash(path, algorithm, _blake3_hasher(_blake3()) if algorithm == "blake3" else hashlib.sha256)
 
 
 def file_digests(path: str | os.PathLike) -> dict[str, str]:
@@ -392,14 +404,20 @@ class Verification:
     """The digests of a set of files, computed on background threads; `join` waits and says what failed.
 
     `checks` are (path, record with "sha256" and maybe "blake3", message if it differs; see
-    `digest_matches`). Biggest files start first, one thread per core, so the join waits for
-    the largest file at most.
+    `expected_digest`). Biggest files start first, one thread per core, so the join waits for
+    the largest file at most. With a `record` (`cmrt.engine.verified`), a file whose identity
+    the record vouches for with the expected digest is not read; when every file passes, the
+    record is rewritten with what was verified (the files whose identity may be remembered).
     """
 
-    def __init__(self, checks: list[tuple[Path, dict[str, Any], str]]):
+    def __init__(self, checks: list[tuple[Path, dict[str, Any], str]], record: VerifiedRecord | None = None):
         self.checks = sorted(checks, key=lambda c: -c[0].stat().st_size)
+        self.record = record
         self.started = time.perf_counter()
         self.finished: float | None = None
+        self.hashed_bytes = 0  # what was read to verify (0 when the record vouched for every file)
+        self._verified: dict[str, tuple[Identity, dict[str, str]]] = {}
+        self._saved = False
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=min(len(checks), hashing_threads()) or 1, thread_name_prefix="cmrt-verify")
         self._futures = [self._pool.submit(self._check, c) for c in self.checks]
@@ -407,17 +425,33 @@ class Verification:
 
     def _check(self, check: tuple[Path, dict[str, Any], str]) -> str | None:
         path, want, message = check
+        algorithm, digest = expected_digest(want)
         try:
-            wrong = None if digest_matches(path, want) else message
+            ident = identity(os.stat(path)) if self.record is not None else None
+            if ident is not None and self.record.vouches(path.name, ident, algorithm, digest):
+                wrong, remember = None, ident
+            else:
+                got, remember = _hash_by(path, algorithm)
+                wrong = None if got == digest else message
+                with self._lock:
+                    self.hashed_bytes += path.stat().st_size
         except OSError as e:  # removed or unreadable since its size was checked
-            wrong = f"{message} ({path} could not be read: {e})"
+            wrong, remember = f"{message} ({path} could not be read: {e})", None
         with self._lock:
+            if wrong is None and remember is not None:
+                self._verified[path.name] = (remember, {algorithm: digest})
             self.finished = time.perf_counter()
         return wrong
 
     def failures(self) -> list[str]:
-        """Wait for every hash; the messages of the files that do not match, in `checks` order."""
-        return [m for m in (f.result() for f in self._futures) if m]
+        """Wait for every hash; the messages of the files that do not match, in `checks` order.
+        When there are none, the record (if any) learns what was verified."""
+        wrong = [m for m in (f.result() for f in self._futures) if m]
+        with self._lock:
+            save, self._saved = not wrong and not self._saved and self.record is not None, True
+        if save:
+            self.record.save(self._verified)
+        return wrong
 
     def join(self) -> float:
         """Wait for every hash and raise EngineFolderError for the first file that does not match.
@@ -468,16 +502,43 @@ def _checked_files(manifest: "Manifest"):
 
 
 def start_verification(manifest: "Manifest") -> Verification:
-    """Start hashing every file of `manifest` on background threads (containment and sizes are checked here, now)."""
+    """Start hashing every file of `manifest` on background threads (containment and sizes are checked here, now);
+    the files that the folder's record of verified files vouches for are not read."""
     folder = manifest.folder
-    return Verification([(p, rec, _checksum_message(folder / p.name)) for p, rec in _checked_files(manifest)])
+    checks = [(p, rec, _checksum_message(folder / p.name)) for p, rec in _checked_files(manifest)]
+    return Verification(checks, VerifiedRecord(folder))
+
+
+def seed_verified(manifest: "Manifest") -> int:
+    """Record as verified the files of `manifest` whose digest is known under their present identity: those
+    this process has just hashed (in the hash cache) and those the folder's record vouches for already.
+    What `cmrt build` calls once a folder is in place, so that the first load after it reads nothing.
+    Returns how many files the record holds.
+
+    Files written less than `RACY_SECONDS` before the build hashed them are left out; the first
+    load hashes them, and records them.
+    """
+    record = VerifiedRecord(manifest.folder)
+    verified = {}
+    for name, rec in manifest.files.items():
+        try:
+            ident = identity(os.stat(inside(manifest.folder, name)))
+        except (OSError, EngineFolderError):
+            continue
+        digests = {a: rec[a] for a in ("sha256", "blake3")
+                   if rec.get(a) and (_HASH_CACHE.get((*ident, a)) == rec[a] or record.vouches(name, ident, a, rec[a]))}
+        if digests:
+            verified[name] = (ident, digests)
+    record.save(verified)
+    return len(verified)
 
 
 def read_manifest(folder: str | os.PathLike, verify: bool = True) -> "Manifest":
     """Read and check an engine folder: the manifest (`parse_manifest`) and its files (`check_files`).
 
-    `verify` hashes every file (cached per process); without it only sizes are checked
-    (`start_verification` hashes later).
+    `verify` hashes every file (cached per process, and skipped where the folder's record of
+    verified files vouches for it); without it only sizes are checked (`start_verification`
+    hashes later).
     """
     manifest = parse_manifest(folder)
     check_files(manifest, hashes=verify)

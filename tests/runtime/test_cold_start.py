@@ -147,3 +147,26 @@ def test_records_carry_blake3_and_without_the_package_sha256_is_checked(winograd
     flip_middle_byte(engine / "unet.fp32.onnx.data")
     with pytest.raises(EngineFolderError, match="does not match its checksum"):
         cmrt.load(engine, device="cpu")
+
+
+def test_a_verified_graph_cache_entry_is_not_read_again_but_an_in_place_edit_is_caught(winograd_folder, tmp_path, cache,
+                                                                                      monkeypatch):
+    import os
+
+    from cmrt.engine import manifest as manifest_module
+    from cmrt.runtime.backends import ort_graph_cache
+
+    monkeypatch.setattr(manifest_module, "RACY_SECONDS", 0.0)  # the entry is fresh: record it anyway
+    engine = copy_of(winograd_folder, tmp_path)
+    want = cmrt.load(engine, device="cpu")(**KW).images  # writes the entry
+    (entry,) = list(cache.iterdir())
+    assert cmrt.load(engine, device="cpu").backend.cache == "hit"  # verifies the entry whole, and records it
+    again = ort_graph_cache.find(entry.name)
+    assert again.check() and again.verification.hashed_bytes == 0
+    data = entry / ort_graph_cache.DATA_NAME
+    st = data.stat()
+    flip_middle_byte(data)
+    os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size and mtime: only the ctime tells
+    rebuilt = cmrt.load(engine, device="cpu")
+    assert rebuilt.backend.cache == "off" and not entry.exists()
+    np.testing.assert_array_equal(rebuilt(**KW).images, want)

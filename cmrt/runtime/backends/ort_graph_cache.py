@@ -13,9 +13,11 @@ An entry is never trusted:
   manifest, itself verified before the first image), the ONNX Runtime version, the CPU's
   features and every session option that shapes the graph, so any change makes a new entry;
 - the entry's record gives the size and digests (SHA-256, and BLAKE3 where installed) of its
-  files, written with them; sizes are
-  checked before it is opened and the hashes in the background, joined (`Entry.check`) before
-  the first image. An entry that fails is deleted and the session reopened from the exported graph;
+  files, written with them; sizes are checked before it is opened and the hashes in the
+  background, joined (`Entry.check`) before the first image, except for the files whose stat
+  identity the record of verified files (`cmrt.engine.verified`) vouches for, as for the
+  engine folder's files. An entry that fails is deleted and the session reopened from the
+  exported graph;
 - it is written in a staging folder renamed into place whole (`cmrt.engine.atomic.staging_dir`),
   so a crash or a concurrent writer never leaves half an entry.
 """
@@ -34,6 +36,7 @@ from typing import Any
 from ...engine.atomic import staging_dir, write_json_atomic
 from ...engine.manifest import Verification, file_digests
 from ...engine.paths import cache_root
+from ...engine.verified import VerifiedRecord
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +118,7 @@ def find(key: str) -> Entry | None:
         discard(folder)
         return None
     checks = [(folder / name, rec, f"{folder / name} does not match its recorded digest") for name, rec in files.items()]
-    return Entry(folder, Verification(checks))
+    return Entry(folder, Verification(checks, VerifiedRecord(folder)))
 
 
 def discard(folder: Path) -> None:
