@@ -19,7 +19,9 @@ typed and bounded.
 Hashing a folder means reading every byte of it (over a GB on the real architectures), so it
 can run in the background (`start_verification`) while the backend opens, and be joined
 before the first image: `cmrt.load` returns only after the join, and a file that does not
-match raises there, with the same message as `read_manifest(verify=True)`.
+match raises there, with the same message as `read_manifest(verify=True)`. Files whose stat
+identity the folder's record of verified files (`cmrt.engine.verified`, written by the build
+and by earlier verifications on this machine) vouches for are not read at all.
 
 Where the `blake3` package is installed, builds also record each file's BLAKE3, and a load
 checks that instead of the SHA-256: another cryptographic hash, several times faster on one
