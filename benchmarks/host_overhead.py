@@ -19,7 +19,6 @@ for real-size models where the other parts take too long.
 """
 from __future__ import annotations
 
-import sys
 import time
 
 import numpy as np

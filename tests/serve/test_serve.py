@@ -238,6 +238,9 @@ class ServeProcess:
             "log_tail": self.log.read_text(errors="replace")[-1500:],
         }
 
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
     def kill(self) -> None:
         """Failure path: leave nothing running whatever happened."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -292,80 +295,94 @@ def _serve_images(client, specs) -> np.ndarray:
         return np.stack(list(ex.map(one, specs)))
 
 
+class ScenarioRun:
+    """A scenario child's bookkeeping: its record and arrays, written to OUT_PREFIX.json and .npz
+    whatever happens (a crash is recorded with its traceback and the server's log, for the test
+    to show), a scratch folder removed at the end, and the server it started, killed at the end."""
+
+    def __init__(self, name: str, out_prefix: Path, tmp_prefix: str, **record):
+        self.record: dict = {"scenario": name, **record}
+        self.arrays: dict[str, np.ndarray] = {}
+        self.tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix))
+        self.out_prefix = out_prefix
+        self.server = None  # anything with log_tail() and kill()
+
+    def __enter__(self) -> "ScenarioRun":
+        return self
+
+    def __exit__(self, kind, error, tb) -> bool:
+        import traceback
+
+        if error is not None:
+            self.record["crash"] = "".join(traceback.format_exception(kind, error, tb))[-4000:]
+            if self.server is not None:
+                self.record["server_log"] = self.server.log_tail(60)
+        if self.server is not None:
+            self.server.kill()
+        np.savez(self.out_prefix.with_suffix(".npz"), **self.arrays)
+        self.out_prefix.with_suffix(".json").write_text(json.dumps(self.record, default=str))
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return True  # the record carries the crash to the test
+
+
 def scenario(name: str, engine: Path, out_prefix: Path) -> None:
     from cmrt.serve.client import Client, ServerError, model_metric, read_metrics
 
-    record: dict = {"scenario": name}
-    arrays: dict[str, np.ndarray] = {}
-    tmp = Path(tempfile.mkdtemp(prefix="cmrt-serve-test-"))
     cond = name == "cond"
-    server = None
-    try:
-        with server_lock():
-            extra = ["--max-batch", "8", "--threads", "1"] + ([] if cond else ["--timesteps", "17,0"])
-            server = ServeProcess(engine, extra, tmp)
-            record["startup_seconds"] = server.wait_ready()
-            client = Client(server.url)
-            specs = COND_SPECS if cond else UNCOND_SPECS
-            record["specs"] = specs
-            arrays["served"] = _serve_images(client, specs)
-            # several rows with different step counts in one request: split inside one execute
-            seeds = [s for s, _, _ in specs]
-            if cond:
-                arrays["multi_row"] = client.generate(seeds, class_labels=[l if l is not None else 0 for _, l, _ in specs],
-                                                      num_inference_steps=[st or 1 for _, _, st in specs])
-                arrays["grpc"] = Client(server.grpc_url).generate(seeds[:2], class_labels=[0, 3]) if _have_tritonclient() else np.zeros(0)
-                png = tmp / "grid.png"
-                r = subprocess.run([sys.executable, "-m", "cmrt", "generate", "--server", server.url, "--batch", "4",
-                                    "--seed", "10", "--class-labels", "2", "--steps", "2", "--out", str(png)],
-                                   cwd=ROOT, capture_output=True, text=True, timeout=60)
-                record["cli"] = {"code": r.returncode, "stdout": r.stdout, "stderr": r.stderr[-1500:], "png": png.is_file()}
-                # bounded load: 64 requests, 8 concurrent, 60 s
-                before = read_metrics(server.metrics_url)
-                t0 = time.monotonic()
-                errors = []
+    with ScenarioRun(name, out_prefix, "cmrt-serve-test-") as run, server_lock():
+        record, arrays, tmp = run.record, run.arrays, run.tmp
+        extra = ["--max-batch", "8", "--threads", "1"] + ([] if cond else ["--timesteps", "17,0"])
+        server = run.server = ServeProcess(engine, extra, tmp)
+        record["startup_seconds"] = server.wait_ready()
+        client = Client(server.url)
+        specs = COND_SPECS if cond else UNCOND_SPECS
+        record["specs"] = specs
+        arrays["served"] = _serve_images(client, specs)
+        # several rows with different step counts in one request: split inside one execute
+        seeds = [s for s, _, _ in specs]
+        if cond:
+            arrays["multi_row"] = client.generate(seeds, class_labels=[l if l is not None else 0 for _, l, _ in specs],
+                                                  num_inference_steps=[st or 1 for _, _, st in specs])
+            arrays["grpc"] = Client(server.grpc_url).generate(seeds[:2], class_labels=[0, 3]) if _have_tritonclient() else np.zeros(0)
+            png = tmp / "grid.png"
+            r = subprocess.run([sys.executable, "-m", "cmrt", "generate", "--server", server.url, "--batch", "4",
+                                "--seed", "10", "--class-labels", "2", "--steps", "2", "--out", str(png)],
+                               cwd=ROOT, capture_output=True, text=True, timeout=60)
+            record["cli"] = {"code": r.returncode, "stdout": r.stdout, "stderr": r.stderr[-1500:], "png": png.is_file()}
+            # bounded load: 64 requests, 8 concurrent, 60 s
+            before = read_metrics(server.metrics_url)
+            t0 = time.monotonic()
+            errors = []
 
-                def one(i):
-                    try:
-                        return client.generate([1000 + i], class_labels=[i % 10]).shape
-                    except Exception as e:  # recorded, judged by the test
-                        errors.append(repr(e))
+            def one(i):
+                try:
+                    return client.generate([1000 + i], class_labels=[i % 10]).shape
+                except Exception as e:  # recorded, judged by the test
+                    errors.append(repr(e))
 
-                with cf.ThreadPoolExecutor(8) as ex:
-                    futures = [ex.submit(one, i) for i in range(64)]
-                    done, pending = cf.wait(futures, timeout=60)
-                seconds = time.monotonic() - t0
-                after = read_metrics(server.metrics_url)
-                d = {k: model_metric(after, k) - model_metric(before, k)
-                     for k in ("nv_inference_count", "nv_inference_exec_count", "nv_inference_request_success")}
-                record["load"] = {"seconds": seconds, "completed": len(done), "pending": len(pending), "errors": errors[:5],
-                                  "n_errors": len(errors), **d,
-                                  "batching_ratio": d["nv_inference_count"] / max(1.0, d["nv_inference_exec_count"])}
-            bad = dict(BAD_REQUESTS if cond else {}, **({} if cond else UNCOND_BAD))
-            record["bad"] = {k: post_json(f"{server.url}/v2/models/cmrt/infer", {"inputs": body}) + (needle,)
-                             for k, (body, needle) in bad.items()}
-            if cond:
-                record["limits"] = _limits(server, tmp)
-                record["numpy2"] = _numpy2_client(server, tmp, arrays, seeds[:2], [0, 3])
-            try:
-                arrays["after_bad"] = client.generate([specs[0][0]], class_labels=None if specs[0][1] is None else [specs[0][1]])
-                record["serving_after_bad"] = True
-            except ServerError as e:
-                record["serving_after_bad"] = repr(e)
-            record["health"] = {p: post_or_get(server.url + p) for p in ("/v2/health/live", "/v2/health/ready")}
-            record["shutdown"] = server.stop_with(signal.SIGTERM if cond else signal.SIGINT)
-    except BaseException as e:  # recorded for the test to show
-        import traceback
-
-        record["crash"] = traceback.format_exc()[-4000:]
-        if server is not None:
-            record["server_log"] = server.log.read_text(errors="replace")[-4000:]
-    finally:
-        if server is not None:
-            server.kill()
-        np.savez(out_prefix.with_suffix(".npz"), **arrays)
-        out_prefix.with_suffix(".json").write_text(json.dumps(record, default=str))
-        shutil.rmtree(tmp, ignore_errors=True)
+            with cf.ThreadPoolExecutor(8) as ex:
+                futures = [ex.submit(one, i) for i in range(64)]
+                done, pending = cf.wait(futures, timeout=60)
+            seconds = time.monotonic() - t0
+            after = read_metrics(server.metrics_url)
+            d = {k: model_metric(after, k) - model_metric(before, k)
+                 for k in ("nv_inference_count", "nv_inference_exec_count", "nv_inference_request_success")}
+            record["load"] = {"seconds": seconds, "completed": len(done), "pending": len(pending), "errors": errors[:5],
+                              "n_errors": len(errors), **d,
+                              "batching_ratio": d["nv_inference_count"] / max(1.0, d["nv_inference_exec_count"])}
+        bad = dict(BAD_REQUESTS if cond else {}, **({} if cond else UNCOND_BAD))
+        record["bad"] = {k: post_json(f"{server.url}/v2/models/cmrt/infer", {"inputs": body}) + (needle,)
+                         for k, (body, needle) in bad.items()}
+        if cond:
+            record["limits"] = _limits(server, tmp)
+            record["numpy2"] = _numpy2_client(server, tmp, arrays, seeds[:2], [0, 3])
+        try:
+            arrays["after_bad"] = client.generate([specs[0][0]], class_labels=None if specs[0][1] is None else [specs[0][1]])
+            record["serving_after_bad"] = True
+        except ServerError as e:
+            record["serving_after_bad"] = repr(e)
+        record["health"] = {p: post_or_get(server.url + p) for p in ("/v2/health/live", "/v2/health/ready")}
+        record["shutdown"] = server.stop_with(signal.SIGTERM if cond else signal.SIGINT)
 
 
 SEED_BODY = {"inputs": [_inp("seed", "INT64", [1])]}

@@ -10,17 +10,15 @@ the `cmrt` model, its vendored runtime and its BLS calls run exactly as written.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.serve.test_serve import ROOT, assert_images_match, expected_images, needs_pytriton, run_scenario, scenario_main, server_lock
+from tests.serve.test_serve import ROOT, ScenarioRun, assert_images_match, expected_images, needs_pytriton, run_scenario, scenario_main, server_lock
 
 STAND_IN = '''
 import json, os
@@ -100,27 +98,33 @@ def test_default_repository_layout(small_models, tmp_path):
     assert unet.input[1].HasField("reshape") and not unet.input[0].HasField("reshape")
 
 
+def run_vendored(version: Path, blocked: tuple[str, ...], body: str, *argv: str, cwd: Path):
+    """Run `body` in a new interpreter that imports cmrt from the repository's version folder
+    `version` and fails any import of a top-level package in `blocked`."""
+    code = textwrap.dedent(f"""
+        import sys
+        class _Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split('.')[0] in {blocked!r}:
+                    raise ImportError('blocked: ' + name)
+        sys.meta_path.insert(0, _Block())
+        sys.path.insert(0, {str(version)!r})
+        import cmrt
+        assert cmrt.__file__.startswith({str(version)!r}), cmrt.__file__
+        """) + textwrap.dedent(body)
+    return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
 def test_vendored_runtime_is_used_and_torch_free(small_models, tmp_path):
     repo = tmp_path / "repo"
     assert write_cli(small_models["uncond"][1], repo, "--unet", "inprocess", "--kind", "cpu").returncode == 0
     version = repo / "cmrt" / "1"
     assert (version / "engine" / "manifest.json").is_file() and not (repo / "cmrt_unet").exists()
-    code = textwrap.dedent(
-        f"""
-        import sys
-        class _Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split('.')[0] in ('torch', 'diffusers', 'pytriton', 'tritonclient'):
-                    raise ImportError('blocked: ' + name)
-        sys.meta_path.insert(0, _Block())
-        sys.path.insert(0, {str(version)!r})
+    r = run_vendored(version, ("torch", "diffusers", "pytriton", "tritonclient"), f"""
         import cmrt, cmrt.serve.handler, cmrt.runtime.pipeline
-        assert cmrt.__file__.startswith({str(version)!r}), cmrt.__file__
         pipe = cmrt.load({str(version / 'engine')!r})
         print(pipe(seed=1, output_type='np').images.shape)
-        """
-    )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        """, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "(1, 16, 16, 3)"
     cfg = parse_config(repo / "cmrt" / "config.pbtxt")
@@ -163,24 +167,12 @@ def test_vendored_runtime_opens_a_winograd_folder(winograd_engine, tmp_path):
     version = repo / "cmrt" / "1"
     assert sorted(p.name for p in (version / "cmrt").iterdir() if p.name != "__pycache__") == [
         "__init__.py", "_version.py", "engine", "runtime", "serve"]
-    code = textwrap.dedent(
-        f"""
-        import sys
-        class _Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split('.')[0] in ('torch', 'diffusers', 'onnx', 'pytriton'):
-                    raise ImportError('blocked: ' + name)
-        sys.meta_path.insert(0, _Block())
-        sys.path.insert(0, {str(version)!r})
+    r = run_vendored(version, ("torch", "diffusers", "onnx", "pytriton"), f"""
         import numpy as np, cmrt
-        assert cmrt.__file__.startswith({str(version)!r}), cmrt.__file__
         pipe = cmrt.load({str(version / 'engine')!r}, device='cpu')
         assert pipe.backend.input_names[-1].endswith('/U'), pipe.backend.input_names  # the Winograd graph runs
         np.save(sys.argv[1], pipe(batch_size=2, seed=3, timesteps=[22, 0], output_type='np').images)
-        """
-    )
-    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.npy")], capture_output=True, text=True,
-                       timeout=120, cwd=tmp_path)
+        """, str(tmp_path / "x.npy"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     import cmrt
 
@@ -195,12 +187,8 @@ def scenario(name: str, engine: Path, out_prefix: Path) -> None:
 
     from tests.serve.test_serve import free_ports
 
-    record: dict = {"scenario": name, "specs": SPECS}
-    arrays = {}
-    tmp = Path(tempfile.mkdtemp(prefix="cmrt-repo-test-"))
-    server = None
-    try:
-        repo = tmp / "repo"
+    with ScenarioRun(name, out_prefix, "cmrt-repo-test-", specs=SPECS) as run:
+        record, arrays, repo = run.record, run.arrays, run.tmp / "repo"
         inprocess = name == "repo-inprocess"
         r = write_cli(engine, repo, "--kind", "cpu", "--instances", "1", "--warmup", "1,4",
                       *(["--unet", "inprocess"] if inprocess else []))
@@ -212,7 +200,8 @@ def scenario(name: str, engine: Path, out_prefix: Path) -> None:
             (repo / "cmrt_unet" / "1" / "model.py").write_text(STAND_IN)
         http, grpc, metrics = free_ports(3)
         with server_lock():
-            server = TritonServer(None, ServeOptions(http_port=http, grpc_port=grpc, metrics_port=metrics), repository=repo)
+            server = run.server = TritonServer(None, ServeOptions(http_port=http, grpc_port=grpc, metrics_port=metrics),
+                                               repository=repo)
             server.start()
             client = Client(server.url)
             arrays["served"] = np.concatenate(
@@ -221,19 +210,7 @@ def scenario(name: str, engine: Path, out_prefix: Path) -> None:
             )
             record["log"] = server.log_tail(400)
             record["stop_code"] = server.stop()
-            server = None
-    except BaseException:
-        import traceback
-
-        record["crash"] = traceback.format_exc()[-4000:]
-        if server is not None:
-            record["log"] = server.log_tail(60)
-    finally:
-        if server is not None:
-            server.stop()
-        np.savez(out_prefix.with_suffix(".npz"), **arrays)
-        out_prefix.with_suffix(".json").write_text(json.dumps(record, default=str))
-        shutil.rmtree(tmp, ignore_errors=True)
+            run.server = None
 
 
 @pytest.mark.serve
