@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 
 import pytest
 
@@ -18,6 +19,20 @@ def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", help="run tests marked slow (real-size models)")
     parser.addoption("--run-gpu", action="store_true", help="run tests marked gpu (needs an NVIDIA GPU)")
     parser.addoption("--run-serve", action="store_true", help="run tests marked serve (the serving venv: make test-serve)")
+
+
+def pytest_configure(config):
+    """Tests never read or write the user's cache (ONNX Runtime graphs, records of verified files,
+    random-weight models): state left there by an earlier run, or by the user, must not decide
+    whether a test passes. One fresh cache root per test session, inherited by child processes."""
+    config._cmrt_cache = tempfile.mkdtemp(prefix="cmrt-test-cache-")
+    os.environ["CMRT_CACHE"] = config._cmrt_cache
+
+
+def pytest_unconfigure(config):
+    root = getattr(config, "_cmrt_cache", None)
+    if root:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def serve_run(config=None) -> bool:

@@ -11,9 +11,9 @@ replace are never loaded by the Winograd graph (cmrt/engine/winograd.py).
 
 Whether Winograd pays depends on the model and the machine: on wide layers it does fewer
 multiplications than the direct kernel, on a 16x16 model with 32-64 channels the transforms
-cost more than they save (docs/benchmarks.md has the measured figures). So in "auto" mode the build times both graphs
-here, on this machine, and keeps the Winograd graph only when it is clearly faster; the
-manifest records the timings either way.
+cost more than they save (docs/benchmarks.md has the measured figures). So in "auto" mode
+the build times both graphs here, on this machine, call by call in turn, and keeps the
+Winograd graph only when it is clearly faster; the manifest records the timings either way.
 """
 from __future__ import annotations
 
@@ -67,26 +67,36 @@ def filter_location(weight, runtime_filter: dict[str, Any], weights_file: str) -
     }
 
 
+SETTLE_S = 0.1  # idle time before each timed call: the other session's spinning worker threads go quiet
+
+
 def median_run_ms(
-    onnx_file: Path, feeds: dict[str, np.ndarray], extra_inputs: dict[str, np.ndarray] | None = None
-) -> tuple[float, int]:
-    """Median wall time of one ONNX Runtime CPU call, with the runtime's own session settings."""
+    graphs: list[tuple[Path, dict[str, np.ndarray] | None]], feeds: dict[str, np.ndarray]
+) -> list[tuple[float, int]]:
+    """Median wall time of one ONNX Runtime CPU call of each graph, with the runtime's own session
+    settings: (median ms, calls timed) per graph.
+
+    The graphs are timed call by call in turn, not one after the other, so that a burst of load
+    from another process on the build machine slows them alike instead of deciding the choice.
+    """
     from ..runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
-    backend = OnnxRuntimeBackend(onnx_file, extra_inputs=extra_inputs)
+    backends = [OnnxRuntimeBackend(f, extra_inputs=extra) for f, extra in graphs]
     args = (feeds[SAMPLE], feeds[TIMESTEP], feeds.get(CLASS_LABELS))
-    backend.run(*args)  # warm-up: first-call allocations
-    times: list[float] = []
+    for backend in backends:
+        backend.run(*args)  # warm-up: first-call allocations
+    times: list[list[float]] = [[] for _ in backends]
     lo, hi = TIMING_RUNS
     start = time.perf_counter()
-    while len(times) < lo or (len(times) < hi and time.perf_counter() - start < TIMING_BUDGET_S):
-        t = time.perf_counter()
-        backend.run(*args)
-        times.append(time.perf_counter() - t)
-    del backend
+    while len(times[0]) < lo or (len(times[0]) < hi and time.perf_counter() - start < len(backends) * TIMING_BUDGET_S):
+        for backend, own in zip(backends, times):
+            time.sleep(SETTLE_S)
+            t = time.perf_counter()
+            backend.run(*args)
+            own.append(time.perf_counter() - t)
+    del backends
     gc.collect()
-    time.sleep(0.2)  # let the session's spinning worker threads go idle before the next one is timed
-    return float(np.median(times) * 1e3), len(times)
+    return [(float(np.median(t) * 1e3), len(t)) for t in times]
 
 
 def add_winograd_graph(stage: Path, fp32_entry: dict[str, Any], unet, mode: str, scheduler: dict[str, Any]) -> dict[str, Any]:
@@ -142,8 +152,7 @@ def add_winograd_graph(stage: Path, fp32_entry: dict[str, Any], unet, mode: str,
         record.update(used=True, reason="--winograd always")
         return record
     feeds = random_inputs(unet, scheduler, 1, seed=7)
-    plain_ms, n_plain = median_run_ms(plain, feeds)
-    wino_ms, n_wino = median_run_ms(path, feeds, extra_inputs=filters)
+    (plain_ms, n_plain), (wino_ms, n_wino) = median_run_ms([(plain, None), (path, filters)], feeds)
     del filters
     used = wino_ms < (1 - MIN_GAIN) * plain_ms
     record["timing"] = {

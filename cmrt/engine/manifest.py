@@ -201,6 +201,16 @@ def inside(folder: Path, name: str) -> Path:
     return path
 
 
+def _whole_number(section: str, key: str) -> property:
+    """A read-only int accessor of `data[section][key]`, which the schema has checked."""
+    return property(lambda self: int(self.data[section][key]), doc=f"manifest {section}.{key}")
+
+
+def _section_copy(section: str, doc: str) -> property:
+    """A read-only accessor returning a copy of `data[section]`, so callers cannot edit the manifest."""
+    return property(lambda self: dict(self.data[section]), doc=doc)
+
+
 @dataclass(frozen=True)
 class Manifest:
     """A checked manifest plus the folder it describes: made by `parse_manifest` / `read_manifest`,
@@ -210,52 +220,22 @@ class Manifest:
     data: dict[str, Any] = field(repr=False)
 
     # --- facts the runtime needs -------------------------------------------------------
-    @property
-    def sample_size(self) -> int:
-        return int(self.data["unet"]["sample_size"])
-
-    @property
-    def in_channels(self) -> int:
-        return int(self.data["unet"]["in_channels"])
+    sample_size = _whole_number("unet", "sample_size")
+    in_channels = _whole_number("unet", "in_channels")
+    min_batch = _whole_number("build_options", "min_batch")
+    max_batch = _whole_number("build_options", "max_batch")
+    opt_batch = _whole_number("build_options", "opt_batch")
+    unet = _section_copy("unet", "The UNet's facts (sample size, channels, classes, parameters, ...).")
+    scheduler_config = _section_copy("scheduler", "The scheduler config the folder was built with.")
+    build_options = _section_copy("build_options", "The options the folder was built with.")
+    files = _section_copy("files", "Every file of the folder with its size and digests.")
+    tools = _section_copy("tools", "The versions of the tools that built the folder.")
+    source = _section_copy("source", "What the folder was built from.")
 
     @property
     def num_class_embeds(self) -> int | None:
         n = self.data["unet"].get("num_class_embeds")
         return None if n is None else int(n)
-
-    @property
-    def scheduler_config(self) -> dict[str, Any]:
-        return dict(self.data["scheduler"])
-
-    @property
-    def min_batch(self) -> int:
-        return int(self.data["build_options"]["min_batch"])
-
-    @property
-    def max_batch(self) -> int:
-        return int(self.data["build_options"]["max_batch"])
-
-    @property
-    def opt_batch(self) -> int:
-        return int(self.data["build_options"]["opt_batch"])
-
-    @property
-    def build_options(self) -> dict[str, Any]:
-        return dict(self.data["build_options"])
-
-    @property
-    def unet(self) -> dict[str, Any]:
-        """The UNet's facts (sample size, channels, classes, parameters, ...)."""
-        return dict(self.data["unet"])
-
-    @property
-    def files(self) -> dict[str, dict[str, Any]]:
-        """Every file of the folder with its size and SHA-256."""
-        return dict(self.data["files"])
-
-    @property
-    def tools(self) -> dict[str, str]:
-        return dict(self.data["tools"])
 
     @property
     def tensorrt(self) -> dict[str, Any] | None:
@@ -267,10 +247,6 @@ class Manifest:
         """The manifest's record of the `precision` ONNX graph (file, opset, I/O, validation)."""
         self.onnx_path(precision)  # the error for a precision the folder does not have
         return dict(self.data["onnx"][precision])
-
-    @property
-    def source(self) -> dict[str, Any]:
-        return dict(self.data["source"])
 
     @property
     def precisions(self) -> list[str]:

@@ -189,11 +189,17 @@ def load(
 
 
 def graph_id(manifest: Manifest, path: Path) -> str:
-    """A digest of the files a CPU graph reads (itself and its weight file), from the manifest's
-    checksums: what ONNX Runtime's optimized-graph cache is keyed by."""
+    """A digest of which file is the graph and of the files it reads (itself and the weight
+    files), from the manifest's checksums: what ONNX Runtime's optimized-graph cache is keyed by.
+
+    The graph's name is part of it, and a file the manifest does not list counts as such (None),
+    so two different graphs never share an id: a manifest that names another file as its graph
+    cannot open the cached graph of a legitimate one.
+    """
     names = {path.name} | {e.get("external_data") for e in manifest.data["onnx"].values()}
-    records = {n: manifest.files[n]["sha256"] for n in sorted(names - {None}) if n in manifest.files}
-    return hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()
+    files = manifest.files
+    digests = {n: files[n]["sha256"] if n in files else None for n in sorted(names - {None})}
+    return hashlib.sha256(json.dumps({"graph": path.name, "files": digests}, sort_keys=True).encode()).hexdigest()
 
 
 def open_backend(

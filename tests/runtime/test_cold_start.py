@@ -170,3 +170,16 @@ def test_a_verified_graph_cache_entry_is_not_read_again_but_an_in_place_edit_is_
     rebuilt = cmrt.load(engine, device="cpu")
     assert rebuilt.backend.cache == "off" and not entry.exists()
     np.testing.assert_array_equal(rebuilt(**KW).images, want)
+
+
+def test_the_graph_cache_key_says_which_file_is_the_graph_and_counts_unlisted_files(winograd_folder):
+    """Two different graphs never share a cache entry: not a manifest naming its weight file as
+    the graph, nor one whose graph is missing from `files` (which the schema refuses anyway)."""
+    from cmrt.runtime.loading import graph_id
+
+    m = read_manifest(winograd_folder)
+    plain, weights = m.onnx_path("fp32"), winograd_folder / m.data["onnx"]["fp32"]["external_data"]
+    unlisted = type(m)(m.folder, {**m.data, "files": {k: v for k, v in m.files.items() if k != plain.name}})
+    ids = {graph_id(m, plain), graph_id(m, weights), graph_id(unlisted, plain), graph_id(m, m.cpu_graph("fp32")[0])}
+    assert len(ids) == 4
+    assert graph_id(m, plain) == graph_id(read_manifest(winograd_folder), plain)  # and it is stable
