@@ -16,6 +16,11 @@ from typing import Any
 from ...engine.tensorrt import Platform
 
 
+def _first_reason(*checks: tuple[bool, str | None]) -> str | None:
+    """The reason of the first (failed, reason) pair that failed, or None when none did."""
+    return next((reason for failed, reason in checks if failed), None)
+
+
 @dataclass(frozen=True)
 class GpuInfo:
     name: str
@@ -57,17 +62,23 @@ class Environment:
         return bool(self.gpus)
 
     @property
+    def _no_gpu(self) -> str:
+        return f"no NVIDIA GPU found ({self.gpu_error or 'none visible'})"
+
+    @property
     def tensorrt_missing_reason(self) -> str | None:
-        """None when TensorRT can run here, else why not (one clause)."""
-        if not self.gpus:
-            return f"no NVIDIA GPU found ({self.gpu_error or 'none visible'})"
-        if self.cuda_python_version is None:
-            return f"cuda-python is not installed ({self.cuda_python_error or 'cuda.bindings not importable'}); `pip install cuda-bindings` (in the gpu extras)"
-        if self.gpu_source != "cuda-python":
-            return f"the CUDA runtime cannot reach the GPU ({self.gpu_error or 'cudaGetDeviceCount failed'})"
-        if self.tensorrt_version is None:
-            return f"TensorRT is not installed ({self.tensorrt_error or 'tensorrt not importable'}); `pip install 'cmrt[gpu]' --extra-index-url https://pypi.nvidia.com`"
-        return None
+        """None when TensorRT can run here, else why not (one clause): the first check that fails."""
+        return _first_reason(
+            (not self.gpus, self._no_gpu),
+            (self.cuda_python_version is None,
+             f"cuda-python is not installed ({self.cuda_python_error or 'cuda.bindings not importable'}); "
+             "`pip install cuda-bindings` (in the gpu extras)"),
+            (self.gpu_source != "cuda-python",
+             f"the CUDA runtime cannot reach the GPU ({self.gpu_error or 'cudaGetDeviceCount failed'})"),
+            (self.tensorrt_version is None,
+             f"TensorRT is not installed ({self.tensorrt_error or 'tensorrt not importable'}); "
+             "`pip install 'cmrt[gpu]' --extra-index-url https://pypi.nvidia.com`"),
+        )
 
     @property
     def tensorrt_usable(self) -> bool:
@@ -75,15 +86,14 @@ class Environment:
 
     @property
     def ort_cuda_missing_reason(self) -> str | None:
-        if not self.gpus:
-            return f"no NVIDIA GPU found ({self.gpu_error or 'none visible'})"
-        if self.onnxruntime_version is None:
-            return f"onnxruntime is not installed ({self.onnxruntime_error})"
-        if "CUDAExecutionProvider" not in self.onnxruntime_providers:
-            return "this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu instead of onnxruntime)"
-        if self.onnxruntime_cuda_error:
-            return self.onnxruntime_cuda_error
-        return None
+        """None when ONNX Runtime's CUDA provider can run here, else why not: the first check that fails."""
+        return _first_reason(
+            (not self.gpus, self._no_gpu),
+            (self.onnxruntime_version is None, f"onnxruntime is not installed ({self.onnxruntime_error})"),
+            ("CUDAExecutionProvider" not in self.onnxruntime_providers,
+             "this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu instead of onnxruntime)"),
+            (bool(self.onnxruntime_cuda_error), self.onnxruntime_cuda_error),
+        )
 
     @property
     def ort_cuda_usable(self) -> bool:
