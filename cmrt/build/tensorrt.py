@@ -408,7 +408,7 @@ def ensure_tensorrt_engine(
     manifest = read_manifest(folder, verify=True)
     platform = current_platform(device_index)
     blocker = rebuild_blocker(manifest.data, options.precision)
-    batches = profile_for(manifest.data["build_options"], options)
+    batches = profile_for(manifest.build_options, options)
     entry = manifest.data.get(ENTRY_KEY)
     decision = engine_decision(entry, platform, onnx_digest(manifest.data, options.precision), wanted_settings(batches, options))
     if not decision.needs_build and not force:

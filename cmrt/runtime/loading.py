@@ -196,7 +196,7 @@ def graph_id(manifest: Manifest, path: Path) -> str:
     so two different graphs never share an id: a manifest that names another file as its graph
     cannot open the cached graph of a legitimate one.
     """
-    names = {path.name} | {e.get("external_data") for e in manifest.data["onnx"].values()}
+    names = {path.name} | {manifest.onnx_entry(p).get("external_data") for p in manifest.precisions}
     files = manifest.files
     digests = {n: files[n]["sha256"] if n in files else None for n in sorted(names - {None})}
     return hashlib.sha256(json.dumps({"graph": path.name, "files": digests}, sort_keys=True).encode()).hexdigest()
