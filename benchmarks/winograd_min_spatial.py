@@ -22,24 +22,17 @@ import numpy as np
 
 
 def winograd_graph(folder: Path, fp32: dict, size: int, scratch: Path):
-    """Rewrite `folder`'s fp32 graph at `min_spatial=size` into `scratch`; (backend, filter bytes, rewritten Convs)."""
-    import onnx
-
-    from cmrt.build.cpu_graph import filter_location
-    from cmrt.build.winograd import conv_input_shapes, rewrite_winograd
+    """`folder`'s fp32 graph rewritten as the build does (`cpu_graph.winograd_rewrite`) at
+    `min_spatial=size`, in `scratch`; (backend, filter bytes, rewritten Convs)."""
+    from cmrt.build.cpu_graph import winograd_rewrite
     from cmrt.engine.winograd import mapped_filters, write_filters
     from cmrt.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
     scratch.mkdir(parents=True)
     for name in (fp32["file"], fp32["external_data"]):
         shutil.copyfile(folder / name, scratch / name)  # a copy: onnx refuses hard-linked external data
-    plain = scratch / fp32["file"]
-    shapes = conv_input_shapes(onnx.load(str(plain)))
-    model = onnx.load(str(plain), load_external_data=False)
-    weights = {t.name: t for t in model.graph.initializer}
-    report = rewrite_winograd(model, min_spatial=size, input_shapes=shapes, filters="input")
-    record = {"filters": [filter_location(weights[f["weight"]], f, fp32["external_data"]) for f in report.runtime_filters],
-              "weights_file": fp32["external_data"]}
+    model, report, locations = winograd_rewrite(scratch, fp32, min_spatial=size)
+    record = {"filters": locations, "weights_file": fp32["external_data"]}
     (scratch / "winograd.onnx").write_bytes(model.SerializeToString())
     filter_bytes = write_filters(scratch, record, "winograd.filters")
     backend = OnnxRuntimeBackend(scratch / "winograd.onnx", extra_inputs=mapped_filters(scratch, record))
@@ -47,6 +40,7 @@ def winograd_graph(folder: Path, fp32: dict, size: int, scratch: Path):
 
 
 def main(argv=None) -> int:
+    from cmrt.engine.io_spec import CLASS_LABELS, SAMPLE, TIMESTEP, sample_inputs
     from cmrt.engine.manifest import read_manifest
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -56,15 +50,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     manifest = read_manifest(args.engine)
     fp32 = manifest.onnx_entry("fp32")
-    s, c = manifest.sample_size, manifest.in_channels
     with tempfile.TemporaryDirectory(prefix="cmrt-min-spatial-") as tmp:
         graphs = {size: winograd_graph(args.engine, fp32, size, Path(tmp) / str(size)) for size in args.sizes}
         print("min_spatial  rewritten Convs  filters MiB  " + "  ".join(f"batch {b} ms (vs {args.sizes[0]})" for b in (1, 4)))
         medians = {}
         for batch in (1, 4):
-            rng = np.random.default_rng(0)
-            feeds = (rng.standard_normal((batch, c, s, s)).astype(np.float32), np.full(batch, 10.0, np.float32),
-                     np.arange(batch, dtype=np.int64) if manifest.num_class_embeds else None)
+            inputs = sample_inputs(manifest.unet, manifest.scheduler_config, batch, seed=0)
+            feeds = (inputs[SAMPLE], inputs[TIMESTEP], inputs.get(CLASS_LABELS))
             times = {size: [] for size in graphs}
             for backend, _, _ in graphs.values():
                 backend.run(*feeds)

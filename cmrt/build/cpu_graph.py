@@ -99,6 +99,29 @@ def median_run_ms(
     return [(float(np.median(t) * 1e3), len(t)) for t in times]
 
 
+def winograd_rewrite(folder: Path, fp32_entry: dict[str, Any], min_spatial: int | None = None):
+    """The fp32 export's Winograd rewrite, in memory: (the graph, without weights; the rewrite's
+    report; where each rewritten Conv's 3x3 weights lie in the fp32 weight file).
+
+    `min_spatial`: the smallest map rewritten (default `winograd.DEFAULT_MIN_SPATIAL`).
+    """
+    import onnx
+
+    from .winograd import DEFAULT_MIN_SPATIAL, conv_input_shapes, rewrite_winograd
+
+    if not fp32_entry.get("external_data"):
+        raise ValueError("the Winograd graph shares the fp32 weight file; export fp32 with separate_weights=True")
+    plain = folder / fp32_entry["file"]
+    # Shape inference reads small constants, so it gets the whole model; the rewrite then gets
+    # the graph alone, whose initializers keep pointing into the fp32 weight file.
+    shapes = conv_input_shapes(onnx.load(str(plain)))
+    model = onnx.load(str(plain), load_external_data=False)
+    weights = {t.name: t for t in model.graph.initializer}  # before the rewrite drops the 3x3 ones
+    report = rewrite_winograd(model, min_spatial=min_spatial or DEFAULT_MIN_SPATIAL, input_shapes=shapes, filters="input")
+    filters = [filter_location(weights[f["weight"]], f, fp32_entry["external_data"]) for f in report.runtime_filters]
+    return model, report, filters
+
+
 def add_winograd_graph(stage: Path, fp32_entry: dict[str, Any], unet, mode: str, scheduler: dict[str, Any]) -> dict[str, Any]:
     """Write, validate and (in "auto" mode) time the Winograd graph beside the fp32 export.
 
@@ -107,25 +130,17 @@ def add_winograd_graph(stage: Path, fp32_entry: dict[str, Any], unet, mode: str,
     import onnx
 
     from .onnx_export import random_inputs, validate_onnx
-    from .winograd import conv_input_shapes, rewrite_winograd
 
     if mode not in ("auto", "always"):
         raise ValueError(f"mode must be 'auto' or 'always', got {mode!r}")
-    if not fp32_entry.get("external_data"):
-        raise ValueError("the Winograd graph shares the fp32 weight file; export fp32 with separate_weights=True")
     plain = stage / fp32_entry["file"]
-    # Shape inference reads small constants, so it gets the whole model; the rewrite then gets
-    # the graph alone, whose initializers keep pointing into the fp32 weight file.
-    shapes = conv_input_shapes(onnx.load(str(plain)))
-    model = onnx.load(str(plain), load_external_data=False)
-    weights = {t.name: t for t in model.graph.initializer}  # before the rewrite drops the 3x3 ones
-    report = rewrite_winograd(model, input_shapes=shapes, filters="input")
+    model, report, locations = winograd_rewrite(stage, fp32_entry)
     record: dict[str, Any] = {
         "file": WINOGRAD_FILE,
         "mode": mode,
         "rewrite": report.to_dict(),
         "weights_file": fp32_entry["external_data"],
-        "filters": [filter_location(weights[f["weight"]], f, fp32_entry["external_data"]) for f in report.runtime_filters],
+        "filters": locations,
     }
     if not report.rewritten:
         record.update(used=False, reason="no 3x3 convolution the rewrite applies to")
