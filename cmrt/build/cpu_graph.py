@@ -7,7 +7,7 @@ of its own, gets this graph. It holds no weights: its transformed filters are gr
 The build computes them once from the fp32 export's weight file (the manifest says where each
 3x3 filter lies in it) and stores them beside it, page-aligned, in their own file, which the
 runtime memory-maps: a load computes nothing and copies nothing, and the 3x3 weights they
-replace are never loaded by the Winograd graph (cmrt/engine/winograd.py).
+replace are never loaded by the Winograd graph (cmrt/engine/winograd_filters.py).
 
 Whether Winograd pays depends on the model and the machine: on wide layers it does fewer
 multiplications than the direct kernel, on a 16x16 model with 32-64 channels the transforms
@@ -28,12 +28,12 @@ import numpy as np
 
 from ..engine.atomic import write_bytes_atomic
 from ..engine.io_spec import CLASS_LABELS, SAMPLE, TIMESTEP
-from ..engine.winograd import mapped_filters, write_filters
+from ..engine.winograd_filters import mapped_filters, write_filters
 
 logger = logging.getLogger(__name__)
 
 WINOGRAD_FILE = "unet.fp32.winograd.onnx"
-FILTERS_FILE = "unet.fp32.winograd.filters"  # float32 [36, K, C] per rewritten Conv, page-aligned
+FILTERS_FILE = "unet.fp32.winograd.filters"  # float32 [alpha^2, K, C] per rewritten Conv, page-aligned
 # Keep the Winograd graph in "auto" mode only when its median is at least this much faster.
 MIN_GAIN = 0.05
 TIMING_BUDGET_S = 2.0
@@ -64,6 +64,7 @@ def filter_location(weight, runtime_filter: dict[str, Any], weights_file: str) -
         "offset": int(info.get("offset", 0)),
         "length": int(info.get("length", k * c * kh * kw * 4)),
         "shape": [k, c, kh, kw],
+        "tile": int(runtime_filter["tile"]),
     }
 
 
@@ -99,15 +100,17 @@ def median_run_ms(
     return [(float(np.median(t) * 1e3), len(t)) for t in times]
 
 
-def winograd_rewrite(folder: Path, fp32_entry: dict[str, Any], min_spatial: int | None = None):
+def winograd_rewrite(folder: Path, fp32_entry: dict[str, Any], min_spatial: int | None = None,
+                     f4_min_spatial: int | None = None):
     """The fp32 export's Winograd rewrite, in memory: (the graph, without weights; the rewrite's
     report; where each rewritten Conv's 3x3 weights lie in the fp32 weight file).
 
-    `min_spatial`: the smallest map rewritten (default `winograd.DEFAULT_MIN_SPATIAL`).
+    `min_spatial`, `f4_min_spatial`: the smallest map rewritten, and the smallest rewritten with
+    F(4x4) tiles (defaults in cmrt/build/winograd.py).
     """
     import onnx
 
-    from .winograd import DEFAULT_MIN_SPATIAL, conv_input_shapes, rewrite_winograd
+    from .winograd import DEFAULT_F4_MIN_SPATIAL, DEFAULT_MIN_SPATIAL, conv_input_shapes, rewrite_winograd
 
     if not fp32_entry.get("external_data"):
         raise ValueError("the Winograd graph shares the fp32 weight file; export fp32 with separate_weights=True")
@@ -117,7 +120,8 @@ def winograd_rewrite(folder: Path, fp32_entry: dict[str, Any], min_spatial: int 
     shapes = conv_input_shapes(onnx.load(str(plain)))
     model = onnx.load(str(plain), load_external_data=False)
     weights = {t.name: t for t in model.graph.initializer}  # before the rewrite drops the 3x3 ones
-    report = rewrite_winograd(model, min_spatial=min_spatial or DEFAULT_MIN_SPATIAL, input_shapes=shapes, filters="input")
+    report = rewrite_winograd(model, min_spatial=min_spatial or DEFAULT_MIN_SPATIAL, input_shapes=shapes, filters="input",
+                              f4_min_spatial=f4_min_spatial or DEFAULT_F4_MIN_SPATIAL)
     filters = [filter_location(weights[f["weight"]], f, fp32_entry["external_data"]) for f in report.runtime_filters]
     return model, report, filters
 

@@ -29,8 +29,9 @@ logger = logging.getLogger(__name__)
 # Bump when the exported graph changes for the same source and options.
 # 2: fp32 weights in a separate file, shared with the Winograd CPU graph; 3: its filters as inputs;
 # 4: a step graph beside every graph, sharing its weight file (fp16 weights in a separate file too);
-# 5: the Winograd graph's transformed filters stored in the folder
-EXPORT_RECIPE = 5
+# 5: the Winograd graph's transformed filters stored in the folder; 6: F(2x2) tiles on maps below
+# 32x32, channels folded into the batch for the input transform
+EXPORT_RECIPE = 6
 
 
 def build_key(source_record: dict[str, Any], options: BuildOptions) -> str:

@@ -241,6 +241,6 @@ def add_winograd_step_graph(
 ) -> dict[str, Any]:
     """The step graph of the Winograd CPU graph (`winograd` is its manifest record): ONNX Runtime
     on the CPU runs generation through it when asked to run a step graph on a Winograd folder."""
-    from ..engine.winograd import filters_from_weight_file
+    from ..engine.winograd_filters import filters_from_weight_file
 
     return add_step_graph(folder, winograd["file"], unet, scheduler, extra_feeds=filters_from_weight_file(folder, winograd))

@@ -1,30 +1,35 @@
-"""Rewrite 3x3 convolutions of an ONNX graph as Winograd F(4x4, 3x3) subgraphs, for CPUs.
+"""Rewrite 3x3 convolutions of an ONNX graph as Winograd subgraphs, for CPUs.
 
 Why: on a CPU the fp32 UNet is bound by multiply-adds. ONNX Runtime's direct convolution
 already runs at the machine's measured GEMM rate, so the only fp32 speed left is doing fewer
-multiplications. Winograd's minimal filtering computes a 4x4 output tile of a 3x3
-convolution from a 6x6 input tile with 36 multiplies per (input, output) channel pair
-instead of 144, at the price of cheap linear transforms before and after.
+multiplications. Winograd's minimal filtering F(m x m, 3x3) computes an m x m output tile of a
+3x3 convolution from an (m+2) x (m+2) input tile: F(4x4) with 36 multiplies per (input,
+output) channel pair instead of 144, F(2x2) with 16 instead of 36, at the price of cheap
+linear transforms before and after.
 
 The rewritten subgraph is made of standard ops only (Conv, Reshape, Transpose, MatMul,
-DepthToSpace, Add), so ONNX Runtime runs it with its own kernels:
+DepthToSpace, Add), so ONNX Runtime runs it with its own kernels (a = m + 2):
 
-    V = Conv(x, B-basis, group=C, 6x6, stride 4)   input transform, one 6x6 tile per output tile
-    M = U @ V                                        36 batched GEMMs [K,C] x [C,tiles]
-    Y = DepthToSpace(A-basis @ M) + bias            output transform and tile interleave
+    V = Conv(x, B-basis, group=C, a x a, stride m)   input transform, one tile per output tile
+    M = U @ V                                         a^2 batched GEMMs [K,C] x [C,tiles]
+    Y = DepthToSpace(A-basis @ M) + bias             output transform and tile interleave
 
-The filter transform U = G W G^T never goes to disk 4x bigger. With `filters="input"` (what
-`cmrt build` uses) each U is a graph input that the runtime computes from the 3x3 weights;
-with `filters="fold"` it stays in the graph as MatMuls over the weight initializer, which
-ONNX Runtime folds when it creates the session: a self-contained graph, but several times
-slower to open.
+Which tile where (`f4_min_spatial`): maps at least that size get F(4x4); smaller rewritten
+maps get F(2x2). On a small map the GEMMs have few tiles and stream the transformed filters
+from memory, so F(2x2)'s 16 values per filter run about as fast as F(4x4)'s 36 while holding
+under half the bytes; on a large map the multiplies dominate and F(4x4) wins
+(benchmarks/winograd_min_spatial.py measures both).
+
+With `filters="input"` (what `cmrt build` uses) each U is a graph input that the build
+computes once and stores (cmrt/engine/winograd_filters.py); with `filters="fold"` it stays in the
+graph as MatMuls over the weight initializer, which ONNX Runtime folds when it creates the
+session: a self-contained graph, but several times slower to open.
 
 Where it does not pay, the Conv is left alone: strided, grouped, dilated or non-3x3
-convolutions, spatial sizes not divisible by the tile, and small maps (below
-`min_spatial`, where the GEMMs have too few tiles to beat the direct kernel and the 4x
-larger transformed filters cost memory bandwidth). The transforms are exact in exact
-arithmetic; in fp32 the rewritten UNet stays within the export tolerance of PyTorch, which
-the build checks like any other graph.
+convolutions, those with a handful of channels (the RGB ends), odd spatial sizes, and small maps (below `min_spatial`, where the GEMMs have
+too few tiles to beat the direct kernel). The transforms are exact in exact arithmetic; in
+fp32 the rewritten UNet stays within the export tolerance of PyTorch, which the build checks
+like any other graph.
 """
 from __future__ import annotations
 
@@ -33,41 +38,36 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..engine.winograd import (  # noqa: F401  (re-exported for the tests and readers)
-    A_T,
-    ALPHA,
-    B_T,
-    G,
-    KERNEL,
-    TILE,
-    filter_basis_matrix,
-    input_basis,
-    output_basis,
-    transform_filters,
-    winograd_conv_reference,
-)
+from ..engine.winograd import F2, F4, KERNEL, TILES, WinogradTile
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MIN_SPATIAL = 16
+DEFAULT_F4_MIN_SPATIAL = 32
+# A Conv with fewer input or output channels than this (the UNet's RGB convs at either end) has
+# GEMMs too thin to repay the transforms: on ImageNet-64 both measured slower rewritten.
+MIN_CHANNELS = 8
 
 
 @dataclass
 class RewriteReport:
     rewritten: list[str] = field(default_factory=list)
     kept: dict[str, str] = field(default_factory=dict)  # conv name -> why it stayed a direct Conv
-    # fp32 bytes the transformed filters add in memory once folded (36 values per 3x3 filter, not 9)
+    tiles: dict[str, int] = field(default_factory=dict)  # rewritten conv name -> m of its F(m x m, 3x3)
+    # fp32 bytes the transformed filters add in memory beyond the 3x3 weights they replace
     added_filter_bytes: int = 0
-    # filters="input": [{"input": graph input for U, "weight": 3x3 initializer name, "shape": [K, C, 3, 3]}]
+    # filters="input": [{"input": graph input for U, "weight": 3x3 initializer name, "shape": [K, C, 3, 3], "tile": m}]
     runtime_filters: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         reasons: dict[str, int] = {}
         for why in self.kept.values():
             reasons[why] = reasons.get(why, 0) + 1
+        per_tile = {TILES[m].name: list(self.tiles.values()).count(m) for m in sorted(set(self.tiles.values()), reverse=True)}
         return {
-            "algorithm": "winograd F(4x4,3x3)",
+            "algorithm": "winograd " + " + ".join(per_tile) if per_tile else "winograd",
             "rewritten": len(self.rewritten),
+            "rewritten_per_tile": per_tile,
             "kept": len(self.kept),
             "kept_because": reasons,
             "added_filter_bytes": self.added_filter_bytes,
@@ -99,7 +99,8 @@ def conv_input_shapes(model) -> dict[str, tuple]:
     return shapes
 
 
-def _why_not(node, weight, shape, min_spatial: int) -> str | None:
+def _tile_or_why_not(node, weight, shape, min_spatial: int, f4_min_spatial: int) -> WinogradTile | str:
+    """The tile a Conv is rewritten with, or why it stays a direct Conv."""
     if weight is None:
         return "weight is not an initializer"
     if list(weight.dims[2:]) != [KERNEL, KERNEL]:
@@ -107,6 +108,8 @@ def _why_not(node, weight, shape, min_spatial: int) -> str | None:
     a = _attrs(node)
     if a.get("group", 1) != 1:
         return "grouped"
+    if min(weight.dims[:2]) < MIN_CHANNELS:
+        return f"fewer than {MIN_CHANNELS} channels"
     if list(a.get("strides", [1, 1])) != [1, 1] or list(a.get("dilations", [1, 1])) != [1, 1]:
         return "strided or dilated"
     if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or list(a.get("pads", [0] * 4)) != [1, 1, 1, 1]:
@@ -114,18 +117,24 @@ def _why_not(node, weight, shape, min_spatial: int) -> str | None:
     if shape is None or len(shape) != 3 or None in shape:
         return "input size unknown"
     _, h, w = shape
-    if h % TILE or w % TILE:
-        return f"size not divisible by {TILE}"
     if min(h, w) < min_spatial:
         return f"smaller than {min_spatial}x{min_spatial}"
-    return None
+    if min(h, w) >= f4_min_spatial and not h % F4.m and not w % F4.m:
+        return F4
+    if h % F2.m or w % F2.m:
+        return f"size not divisible by {F2.m}"
+    return F2
 
 
 FILTER_MODES = ("fold", "input")
 
 
 def rewrite_winograd(
-    model, min_spatial: int = DEFAULT_MIN_SPATIAL, input_shapes: dict[str, tuple] | None = None, filters: str = "fold"
+    model,
+    min_spatial: int = DEFAULT_MIN_SPATIAL,
+    input_shapes: dict[str, tuple] | None = None,
+    filters: str = "fold",
+    f4_min_spatial: int = DEFAULT_F4_MIN_SPATIAL,
 ):
     """Replace eligible Convs in `model` (an onnx ModelProto, changed in place) and report which.
 
@@ -135,13 +144,17 @@ def rewrite_winograd(
 
     `filters`: "fold" computes U = G W G^T in the graph (ONNX Runtime folds it when it opens
     the session); "input" makes each U a graph input named in `report.runtime_filters`, for
-    the caller to compute from the 3x3 weights (`transform_filters`) and feed, and drops the
-    3x3 weights the graph no longer uses.
+    the caller to compute from the 3x3 weights (the tile's `transform_filters`) and feed, and
+    drops the 3x3 weights the graph no longer uses.
+
+    `min_spatial`: the smallest map rewritten; `f4_min_spatial`: the smallest map rewritten with
+    F(4x4) tiles (smaller rewritten maps get F(2x2); set it to `min_spatial` for F(4x4) throughout).
     """
     from onnx import TensorProto, helper, numpy_helper
 
-    if not isinstance(min_spatial, int) or min_spatial < TILE:
-        raise ValueError(f"min_spatial must be an integer >= {TILE}, got {min_spatial!r}")
+    for what, size in (("min_spatial", min_spatial), ("f4_min_spatial", f4_min_spatial)):
+        if isinstance(size, bool) or not isinstance(size, int) or size < F4.m:
+            raise ValueError(f"{what} must be an integer >= {F4.m}, got {size!r}")
     if filters not in FILTER_MODES:
         raise ValueError(f"filters must be one of {FILTER_MODES}, got {filters!r}")
     graph = model.graph
@@ -156,9 +169,6 @@ def rewrite_winograd(
             shared[name] = name
         return name
 
-    filter_basis = const("cmrt_winograd/G", filter_basis_matrix()) if filters == "fold" else None
-    basis_in = const("cmrt_winograd/B", input_basis())
-    basis_out = const("cmrt_winograd/A", output_basis())
 
     new_nodes = []
     for i, node in enumerate(graph.node):
@@ -167,53 +177,58 @@ def rewrite_winograd(
             new_nodes.append(node)
             continue
         weight = inits.get(node.input[1])
-        why = _why_not(node, weight, shapes.get(node.name), min_spatial)
-        if why:
-            report.kept[name] = why
+        tile = _tile_or_why_not(node, weight, shapes.get(node.name), min_spatial, f4_min_spatial)
+        if isinstance(tile, str):
+            report.kept[name] = tile
             new_nodes.append(node)
             continue
+        m, a = tile.m, tile.alpha
         k, c = int(weight.dims[0]), int(weight.dims[1])
         _, h, w = shapes[node.name]
-        th, tw = h // TILE, w // TILE
+        th, tw = h // m, w // m
         p = f"{name}/winograd"
+        basis_in = const(f"cmrt_winograd/F{m}/B", tile.input_basis())
+        basis_out = const(f"cmrt_winograd/F{m}/A", tile.output_basis())
 
         def shape_const(suffix: str, dims: list[int]) -> str:
             return const(f"{p}/{suffix}", dims, np.int64)
 
         x, out = node.input[0], node.output[0]
         if filters == "input":
-            graph.input.append(helper.make_tensor_value_info(f"{p}/U", TensorProto.FLOAT, [ALPHA * ALPHA, k, c]))
-            report.runtime_filters.append({"input": f"{p}/U", "weight": node.input[1], "shape": [k, c, KERNEL, KERNEL]})
+            graph.input.append(helper.make_tensor_value_info(f"{p}/U", TensorProto.FLOAT, [a * a, k, c]))
+            report.runtime_filters.append({"input": f"{p}/U", "weight": node.input[1], "shape": [k, c, KERNEL, KERNEL], "tile": m})
             nodes = []
         else:
             nodes = [
-                # U = G W G^T as [36, K, C]: constant, folded by ONNX Runtime at session creation. One
-                # [36, 9] x [9, K*C] GEMM (per-filter products fold far slower); transposing the 9-wide
-                # weights rather than the 36-wide result.
+                # U = G W G^T as [a^2, K, C]: constant, folded by ONNX Runtime at session creation. One
+                # [a^2, 9] x [9, K*C] GEMM (per-filter products fold far slower); transposing the 9-wide
+                # weights rather than the a^2-wide result.
                 helper.make_node("Reshape", [node.input[1], shape_const("w_shape", [k * c, KERNEL * KERNEL])], [f"{p}/W_flat"]),
                 helper.make_node("Transpose", [f"{p}/W_flat"], [f"{p}/W_t"], perm=[1, 0]),
-                helper.make_node("MatMul", [filter_basis, f"{p}/W_t"], [f"{p}/U_flat"]),
-                helper.make_node("Reshape", [f"{p}/U_flat", shape_const("u_shape", [ALPHA * ALPHA, k, c])], [f"{p}/U"]),
+                helper.make_node("MatMul", [const(f"cmrt_winograd/F{m}/G", tile.filter_basis_matrix()), f"{p}/W_t"], [f"{p}/U_flat"]),
+                helper.make_node("Reshape", [f"{p}/U_flat", shape_const("u_shape", [a * a, k, c])], [f"{p}/U"]),
             ]
         nodes += [
-            # V: every 6x6 tile (stride 4, zero padding 1) through the 36 input-transform filters,
-            # then tile-position-major: [N, 36, C, tiles]. (A separable 6x1 + 1x6 pair measured no faster.)
-            helper.make_node("Tile", [basis_in, shape_const("b_reps", [c, 1, 1, 1])], [f"{p}/B"]),
+            # V: every a x a tile (stride m, zero padding 1) through the a^2 input-transform filters,
+            # then tile-position-major: [N, a^2, C, tiles]. Each channel goes through the same filters,
+            # so the channels are folded into the batch and one 1-in, a^2-out Conv does them all
+            # (a group=C Conv measured slower, and a separable 6x1 + 1x6 pair no faster).
+            helper.make_node("Reshape", [x, shape_const("x_shape", [-1, 1, h, w])], [f"{p}/X_1"]),
             helper.make_node(
-                "Conv", [x, f"{p}/B"], [f"{p}/V_nchw"], group=c, kernel_shape=[ALPHA, ALPHA], strides=[TILE, TILE], pads=[1, 1, 1, 1]
+                "Conv", [f"{p}/X_1", basis_in], [f"{p}/V_nchw"], kernel_shape=[a, a], strides=[m, m], pads=[1, 1, 1, 1]
             ),
-            helper.make_node("Reshape", [f"{p}/V_nchw", shape_const("v_shape", [0, c, ALPHA * ALPHA, th * tw])], [f"{p}/V_c"]),
+            helper.make_node("Reshape", [f"{p}/V_nchw", shape_const("v_shape", [-1, c, a * a, th * tw])], [f"{p}/V_c"]),
             helper.make_node("Transpose", [f"{p}/V_c"], [f"{p}/V"], perm=[0, 2, 1, 3]),
-            # M: 36 GEMMs [K, C] x [C, tiles]. (A group-36 1x1 Conv measured slower and folds slower.)
+            # M: a^2 GEMMs [K, C] x [C, tiles]. (A group-36 1x1 Conv measured slower and folds slower.)
             helper.make_node("MatMul", [f"{p}/U", f"{p}/V"], [f"{p}/M"]),
-            # Y: the output transform as one [16, 36] GEMM; DCR DepthToSpace puts each 4x4 tile in place.
-            helper.make_node("Reshape", [f"{p}/M", shape_const("m_shape", [0, ALPHA * ALPHA, k * th * tw])], [f"{p}/M_flat"]),
+            # Y: the output transform as one [m^2, a^2] GEMM; DCR DepthToSpace puts each m x m tile in place.
+            helper.make_node("Reshape", [f"{p}/M", shape_const("m_shape", [0, a * a, k * th * tw])], [f"{p}/M_flat"]),
             helper.make_node("MatMul", [basis_out, f"{p}/M_flat"], [f"{p}/Y_flat"]),
-            helper.make_node("Reshape", [f"{p}/Y_flat", shape_const("y_shape", [0, TILE * TILE * k, th, tw])], [f"{p}/Y_dcr"]),
+            helper.make_node("Reshape", [f"{p}/Y_flat", shape_const("y_shape", [0, m * m * k, th, tw])], [f"{p}/Y_dcr"]),
         ]
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
         y = out if bias is None else f"{p}/Y"
-        nodes.append(helper.make_node("DepthToSpace", [f"{p}/Y_dcr"], [y], blocksize=TILE, mode="DCR"))
+        nodes.append(helper.make_node("DepthToSpace", [f"{p}/Y_dcr"], [y], blocksize=m, mode="DCR"))
         if bias is not None:
             nodes.append(helper.make_node("Reshape", [bias, shape_const("bias_shape", [1, k, 1, 1])], [f"{p}/bias"]))
             nodes.append(helper.make_node("Add", [y, f"{p}/bias"], [out]))
@@ -221,7 +236,8 @@ def rewrite_winograd(
             n.name = f"{p}/{n.op_type}_{j}"
         new_nodes.extend(nodes)
         report.rewritten.append(name)
-        report.added_filter_bytes += (ALPHA * ALPHA - KERNEL * KERNEL) * k * c * 4
+        report.tiles[name] = m
+        report.added_filter_bytes += (tile.filter_values() - KERNEL * KERNEL) * k * c * 4
     graph.ClearField("node")
     graph.node.extend(new_nodes)
     if filters == "input":  # the 3x3 weights only the rewritten Convs read are no longer part of this graph

@@ -262,7 +262,7 @@ class Manifest:
 
     @property
     def winograd(self) -> dict[str, Any] | None:
-        """The fp32 entry's Winograd CPU-graph record (see engine/cpu_graph.py), or None."""
+        """The fp32 entry's Winograd CPU-graph record (see cmrt/build/cpu_graph.py), or None."""
         return self.data["onnx"].get("fp32", {}).get("winograd")
 
     def cpu_graph(self, precision: str, winograd: bool | None = None) -> tuple[Path, dict[str, Any] | None]:

@@ -21,6 +21,7 @@ from .io_spec import PRECISIONS, STEP_COEF_ORDER, io_spec
 from .options import WINOGRAD_MODES, BuildOptions
 from .scheduler_config import SCHEDULER_CLASS, MAX_TRAIN_TIMESTEPS, check_scheduler_config
 from .unet_config import MAX_SAMPLE_SIZE
+from .winograd import LEGACY_TILE, TILES
 
 # Limits on what a manifest may describe (the UNet's and the scheduler's are the build's own:
 # unet_config and scheduler_config, so a folder that builds is a folder that loads).
@@ -219,7 +220,10 @@ WINOGRAD_FILTER = Obj(
         "length": Int(0, MAX_FILE_BYTES),
         "shape": ListOf(Int(1, MAX_FILTER_DIM), 4, 4),
     },
-    {"u_offset": Int(0, MAX_FILE_BYTES)},  # where its transformed filter starts in the stored filters file
+    {
+        "u_offset": Int(0, MAX_FILE_BYTES),  # where its transformed filter starts in the stored filters file
+        "tile": Int(2, 4),  # m of the F(m x m, 3x3) it was rewritten with; absent: 4 (cmrt/engine/winograd.py)
+    },
 )
 # A graph's step graph (cmrt/build/step_graph.py): the graph with one consistency step around it.
 STEP = Obj({
@@ -370,6 +374,8 @@ def _check_relations(data: Mapping[str, Any]) -> None:
                 raise SchemaError(f"onnx.{precision}.winograd.filters", "feed the same input twice")
             for i, f in enumerate(wino["filters"]):
                 k, c, kh, kw = f["shape"]
+                if f.get("tile", LEGACY_TILE) not in TILES:
+                    raise SchemaError(f"onnx.{precision}.winograd.filters[{i}].tile", f"must be one of {sorted(TILES)}, got {f['tile']}")
                 if (kh, kw) != (3, 3) or f["length"] != k * c * kh * kw * 4:
                     raise SchemaError(
                         f"onnx.{precision}.winograd.filters[{i}]", f"must be float32 [K, C, 3, 3] of length 4*K*C*9, got "

@@ -271,7 +271,7 @@ def open_backend(
     t1 = time.perf_counter()
     extra = None
     if wino and wino.get("filters"):
-        from ..engine.winograd import winograd_filters
+        from ..engine.winograd_filters import winograd_filters
 
         extra = winograd_filters(manifest.folder, wino)
     t2 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Winograd F(4x4,3x3): the math, the ONNX rewrite, and the CPU graph a build keeps or drops."""
+"""Winograd F(4x4,3x3) and F(2x2,3x3): the math, the ONNX rewrite, and the CPU graph a build keeps or drops."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,6 +10,7 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from cmrt.build import winograd as wg  # noqa: E402
+from cmrt.engine.winograd import F2, F4, TILES  # noqa: E402
 
 
 def direct_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
@@ -23,21 +24,37 @@ def direct_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np
     return y if b is None else y + b.reshape(1, -1, 1, 1)
 
 
-def test_transform_matrices_compute_a_convolution_exactly():
+@pytest.mark.parametrize("tile", [F4, F2], ids=lambda t: t.name)
+def test_transform_matrices_compute_a_convolution_exactly(tile):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 5, 8, 12))
     w = rng.standard_normal((7, 5, 3, 3))
     b = rng.standard_normal(7)
-    np.testing.assert_allclose(wg.winograd_conv_reference(x, w, b), direct_conv(x, w, b), rtol=0, atol=1e-11)
+    np.testing.assert_allclose(tile.conv_reference(x, w, b), direct_conv(x, w, b), rtol=0, atol=1e-11)
 
 
-def test_basis_shapes_match_the_subgraph_contract():
-    assert wg.input_basis().shape == (36, 1, 6, 6)
-    assert wg.filter_basis_matrix().shape == (36, 9)
-    assert wg.output_basis().shape == (16, 36)
+@pytest.mark.parametrize("tile, alpha", [(F4, 6), (F2, 4)], ids=lambda t: getattr(t, "name", t))
+def test_basis_shapes_match_the_subgraph_contract(tile, alpha):
+    m = tile.m
+    assert tile.alpha == alpha and tile.filter_values() == alpha * alpha
+    assert tile.input_basis().shape == (alpha * alpha, 1, alpha, alpha)
+    assert tile.filter_basis_matrix().shape == (alpha * alpha, 9)
+    assert tile.output_basis().shape == (m * m, alpha * alpha)
     # one filter, through the flat basis, equals G w G^T
     w = np.arange(9.0).reshape(3, 3)
-    np.testing.assert_allclose((wg.filter_basis_matrix() @ w.reshape(9)).reshape(6, 6), wg.G @ w @ wg.G.T, atol=1e-12)
+    np.testing.assert_allclose((tile.filter_basis_matrix() @ w.reshape(9)).reshape(alpha, alpha), tile.G @ w @ tile.G.T, atol=1e-12)
+    assert tile.transform_filters(np.ones((2, 3, 3, 3))).shape == (alpha * alpha, 2, 3)
+    with pytest.raises(ValueError, match=r"\[K, C, 3, 3\]"):
+        tile.transform_filters(np.ones((2, 3, 5, 5)))
+
+
+def test_a_filter_record_names_its_tile_and_one_that_names_none_is_4x4():
+    """Folders built before F(2x2) tiles record none: their filters are F(4x4)'s 36 values."""
+    from cmrt.engine.winograd import filter_shape, tile_of
+
+    rec = {"input": "u", "shape": [8, 5, 3, 3]}
+    assert tile_of(rec) is F4 and filter_shape(rec) == (36, 8, 5)
+    assert tile_of({**rec, "tile": 2}) is F2 and filter_shape({**rec, "tile": 2}) == (16, 8, 5)
 
 
 def conv_model(convs, c_in: int, size: int) -> onnx.ModelProto:
@@ -73,13 +90,16 @@ def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 PAD1 = {"pads": [1, 1, 1, 1]}
 
 
-def test_rewrite_matches_direct_convolution_at_any_batch():
+@pytest.mark.parametrize("f4_min_spatial, tile", [(16, F4), (32, F2)], ids=["F4", "F2"])
+def test_rewrite_matches_direct_convolution_at_any_batch(f4_min_spatial, tile):
     model = conv_model([(24, 3, PAD1, True), (16, 3, PAD1, False)], c_in=8, size=16)
     rewritten = onnx.ModelProto()
     rewritten.CopyFrom(model)
-    report = wg.rewrite_winograd(rewritten)
+    report = wg.rewrite_winograd(rewritten, f4_min_spatial=f4_min_spatial)
     assert report.rewritten == ["conv0", "conv1"] and not report.kept
-    assert report.added_filter_bytes == (36 - 9) * 4 * (24 * 8 + 16 * 24)
+    assert report.tiles == {"conv0": tile.m, "conv1": tile.m}
+    assert report.to_dict()["rewritten_per_tile"] == {tile.name: 2}
+    assert report.added_filter_bytes == (tile.filter_values() - 9) * 4 * (24 * 8 + 16 * 24)
     assert not any(n.op_type == "Conv" and n.name in ("conv0", "conv1") for n in rewritten.graph.node)
     onnx.checker.check_model(rewritten)
     for batch in (1, 3):
@@ -89,10 +109,23 @@ def test_rewrite_matches_direct_convolution_at_any_batch():
         assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
 
+def test_large_maps_get_4x4_tiles_and_small_ones_2x2():
+    """The default thresholds: 16x16 and 8x8-divisible maps below 32x32 get F(2x2); 32x32 and up
+    F(4x4), unless the size does not divide by 4 (then F(2x2)); below 16x16 no rewrite."""
+    model = conv_model([(8, 3, PAD1, True)], c_in=8, size=32)
+    sizes = {"big": (8, 32, 32), "mid": (8, 16, 16), "odd4": (8, 34, 34), "tiny": (8, 8, 8)}
+    chain = conv_model([(8, 3, PAD1, True)] * 4, c_in=8, size=32)
+    for node, name in zip(chain.graph.node, sizes):
+        node.name = name
+    report = wg.rewrite_winograd(chain, input_shapes=sizes)
+    assert report.tiles == {"big": 4, "mid": 2, "odd4": 2}
+    assert report.kept == {"tiny": "smaller than 16x16"}
+    assert report.to_dict()["algorithm"] == "winograd F(4x4,3x3) + F(2x2,3x3)"
+    assert wg.rewrite_winograd(model, f4_min_spatial=64).tiles == {"conv0": 2}
+
+
 def test_filters_as_inputs_match_the_folded_graph_and_drop_the_3x3_weights():
     """The runtime computes U itself (numpy) and feeds it; the graph then holds no 3x3 weights."""
-    from cmrt.engine.winograd import transform_filters
-
     model = conv_model([(24, 3, PAD1, True), (16, 3, PAD1, False)], c_in=8, size=16)
     weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     as_inputs = onnx.ModelProto()
@@ -100,7 +133,8 @@ def test_filters_as_inputs_match_the_folded_graph_and_drop_the_3x3_weights():
     report = wg.rewrite_winograd(as_inputs, filters="input")
     assert [f["weight"] for f in report.runtime_filters] == ["w0", "w1"]
     assert not {"w0", "w1"} & {t.name for t in as_inputs.graph.initializer}
-    feeds = {f["input"]: transform_filters(weights[f["weight"]]) for f in report.runtime_filters}
+    assert [f["tile"] for f in report.runtime_filters] == [2, 2]  # 16x16 maps
+    feeds = {f["input"]: TILES[f["tile"]].transform_filters(weights[f["weight"]]) for f in report.runtime_filters}
     x = np.random.default_rng(5).standard_normal((2, 8, 16, 16)).astype(np.float32)
     so = ort.SessionOptions()
     so.log_severity_level = 3
@@ -118,7 +152,8 @@ def test_filters_as_inputs_match_the_folded_graph_and_drop_the_3x3_weights():
         ((8, 3, {"pads": [1, 1, 1, 1], "strides": [2, 2]}, True), 16, 16, "strided or dilated"),
         ((8, 3, {"pads": [1, 1, 1, 1], "group": 2}, True), 16, 16, "grouped"),
         ((8, 3, {"pads": [0, 0, 0, 0]}, True), 16, 16, "padding is not 1"),
-        ((8, 3, PAD1, True), 18, 16, "size not divisible by 4"),
+        ((8, 3, PAD1, True), 17, 16, "size not divisible by 2"),
+        ((3, 3, PAD1, True), 16, 16, "fewer than 8 channels"),
         ((8, 3, PAD1, True), 8, 16, "smaller than 16x16"),
     ],
 )
@@ -129,9 +164,10 @@ def test_convs_the_rewrite_does_not_apply_to_are_kept_with_the_reason(conv, size
     assert [n.op_type for n in model.graph.node] == ["Conv"]
 
 
-def test_min_spatial_is_validated():
-    with pytest.raises(ValueError, match="min_spatial"):
-        wg.rewrite_winograd(conv_model([(8, 3, PAD1, True)], 8, 16), min_spatial=2)
+@pytest.mark.parametrize("kw", [{"min_spatial": 2}, {"f4_min_spatial": 3}, {"f4_min_spatial": True}, {"min_spatial": 16.0}])
+def test_min_spatial_is_validated(kw):
+    with pytest.raises(ValueError, match="min_spatial must be an integer >= 4"):
+        wg.rewrite_winograd(conv_model([(8, 3, PAD1, True)], 8, 16), **kw)
 
 
 def test_rewrite_works_on_a_graph_loaded_without_its_weights(tmp_path):
@@ -189,7 +225,7 @@ def test_a_weight_file_that_does_not_match_the_manifest_is_refused(wide_model, t
     import shutil
 
     from cmrt.engine.manifest import EngineFolderError, read_manifest
-    from cmrt.engine.winograd import filters_from_weight_file
+    from cmrt.engine.winograd_filters import filters_from_weight_file
 
     engine = tmp_path / "engine"
     shutil.copytree(build(wide_model, "always"), engine)

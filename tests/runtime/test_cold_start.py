@@ -53,7 +53,7 @@ def flip_middle_byte(path):
 
 
 def test_stored_filters_are_mapped_and_match_the_transform(winograd_folder):
-    from cmrt.engine.winograd import FILTER_ALIGN, filters_from_weight_file, mapped_filters
+    from cmrt.engine.winograd_filters import FILTER_ALIGN, filters_from_weight_file, mapped_filters
 
     m = read_manifest(winograd_folder)
     rec = m.winograd
@@ -61,8 +61,11 @@ def test_stored_filters_are_mapped_and_match_the_transform(winograd_folder):
     mapped = mapped_filters(m.folder, rec)
     computed = filters_from_weight_file(m.folder, rec)
     assert set(mapped) == set(computed) == {f["input"] for f in rec["filters"]}
+    tiles = {f["input"]: f["tile"] for f in rec["filters"]}
+    assert set(tiles.values()) == {4, 2}  # the 32x32 maps get F(4x4) tiles, the 16x16 ones F(2x2)
     for name, u in mapped.items():
         assert isinstance(u.base, np.memmap) and not u.flags.writeable  # a view into the file, not a copy
+        assert u.shape[0] == (tiles[name] + 2) ** 2
         np.testing.assert_array_equal(u, computed[name])
     assert all(f["u_offset"] % FILTER_ALIGN == 0 for f in rec["filters"])
 

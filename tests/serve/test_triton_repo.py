@@ -148,7 +148,7 @@ def test_bad_options_are_refused(small_models, tmp_path):
 
 @pytest.fixture(scope="module")
 def winograd_engine(small_models, tmp_path_factory):
-    """An engine folder that kept its Winograd CPU graph (the runtime then needs cmrt.engine.winograd)."""
+    """An engine folder that kept its Winograd CPU graph (the runtime then needs cmrt.engine.winograd and winograd_filters)."""
     pytest.importorskip("torch")
     from cmrt.build.folder import build_engine_folder
     from cmrt.engine.manifest import read_manifest
