@@ -122,6 +122,10 @@ class OnnxRuntimeBackend:
         # A cached graph is optimized already: opening it with the optimizers on would only redo work.
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # ONNX Runtime's memory pattern plans one block for a shape's activations at its second
+        # call, while the arena still holds the first call's: peak memory then grows by a whole
+        # second set of activations, for no measurable speed (docs/benchmarks.md).
+        so.enable_mem_pattern = False
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
