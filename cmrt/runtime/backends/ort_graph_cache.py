@@ -20,13 +20,21 @@ An entry is never trusted:
   exported graph;
 - it is written in a staging folder renamed into place whole (`cmrt.engine.atomic.staging_dir`),
   so a crash or a concurrent writer never leaves half an entry.
+
+Every rebuilt folder, new ONNX Runtime or changed option makes a new entry (ImageNet-64's is
+0.8 GB), so the cache is kept to a size: after each write the least recently used entries go
+until the rest fit in `$CMRT_GRAPH_CACHE_MAX_GB` (default 16; a hit marks an entry used). The
+entry just written always stays. A process that still has a removed entry open keeps its mapping
+(Linux frees the file when the last mapping goes); one that finds it half-removed rebuilds it.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import os
 import platform
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,8 +58,72 @@ SAVE_CONFIG = {
 }
 
 
+MAX_GB_ENV = "CMRT_GRAPH_CACHE_MAX_GB"
+DEFAULT_MAX_GB = 16.0
+_ENTRY_NAME = re.compile(r"[0-9a-f]{32}")  # what cache_key names; staging folders and strays never match
+
+
 def cache_dir() -> Path:
     return cache_root() / "onnxruntime"
+
+
+def max_cache_bytes() -> int:
+    """The size the cache is kept to: `$CMRT_GRAPH_CACHE_MAX_GB` GB, else DEFAULT_MAX_GB; a value
+    that is not a number >= 0 is reported and the default used (pruning must not fail a load)."""
+    text = os.environ.get(MAX_GB_ENV, "").strip()
+    if text:
+        try:
+            gb = float(text)
+            if gb >= 0 and gb != float("inf"):
+                return int(gb * 1e9)
+        except ValueError:
+            pass
+        logger.warning("%s must be a number of GB >= 0, got %r; keeping the graph cache to %g GB",
+                       MAX_GB_ENV, text, DEFAULT_MAX_GB)
+    return int(DEFAULT_MAX_GB * 1e9)
+
+
+def _entry_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+
+
+def prune(keep: Path) -> list[Path]:
+    """Remove the least recently used entries until the cache fits `max_cache_bytes()`; never `keep`.
+    Returns the removed entries. Errors (a concurrent prune, a read-only cache) are logged, not raised."""
+    budget = max_cache_bytes()
+    entries = []
+    try:
+        for folder in cache_dir().iterdir():
+            if folder.is_dir() and _ENTRY_NAME.fullmatch(folder.name):
+                try:
+                    entries.append(((folder / RECORD_NAME).stat().st_mtime, folder, _entry_bytes(folder)))
+                except OSError:  # no record: a half-removed entry; find() discards it when asked for it
+                    continue
+    except OSError as e:
+        logger.warning("could not list the ONNX Runtime graph cache %s (%s)", cache_dir(), e)
+        return []
+    entries.sort(key=lambda e: e[0], reverse=True)  # most recently used first
+    used = sum(size for _, folder, size in entries if folder == keep)
+    removed = []
+    for _, folder, size in entries:
+        if folder == keep:
+            continue
+        if used + size <= budget:
+            used += size
+            continue
+        discard(folder)
+        removed.append(folder)
+    if removed:
+        logger.info("ONNX Runtime graph cache: removed %d least recently used entries to stay within %.1f GB",
+                    len(removed), budget / 1e9)
+    return removed
+
+
+def _mark_used(folder: Path) -> None:
+    try:
+        os.utime(folder / RECORD_NAME)
+    except OSError:  # a read-only cache still serves its entries
+        pass
 
 
 def cpu_features() -> str:
@@ -116,6 +188,7 @@ def find(key: str) -> Entry | None:
         logger.warning("ONNX Runtime graph cache entry %s is unusable (%s); rebuilding it", folder, e)
         discard(folder)
         return None
+    _mark_used(folder)
     checks = [(folder / name, rec, f"{folder / name} does not match its recorded digest") for name, rec in files.items()]
     return Entry(folder, Verification(checks, VerifiedRecord(folder)))
 
@@ -144,6 +217,7 @@ def write(key: str, create_session) -> Any:
                 files[name] = {"bytes": p.stat().st_size, **file_digests(p)}
             write_json_atomic(stage / RECORD_NAME, {"format": CACHE_FORMAT, "key": key, "files": files})
         logger.info("cached ONNX Runtime's optimized graph in %s", target)
+        prune(keep=target)
         return session
     except OSError as e:
         logger.warning("could not cache ONNX Runtime's optimized graph in %s (%s)", target, e)
