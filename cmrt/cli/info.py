@@ -36,7 +36,9 @@ def run(args) -> int:
         if w:
             rw = w["rewrite"]
             extra = f", +{rw['added_filter_bytes'] / 1e6:.0f} MB of filters in memory" if "added_filter_bytes" in rw else ""
-            state = f"{w['file']} ({rw['rewritten']} of {rw['rewritten'] + rw['kept']} convs{extra})" if w["used"] else "not used"
+            tiles = ", ".join(f"{n} {t}" for t, n in rw.get("rewritten_per_tile", {}).items())
+            state = (f"{w['file']} ({rw['rewritten']} of {rw['rewritten'] + rw['kept']} convs{': ' + tiles if tiles else ''}{extra})"
+                     if w["used"] else "not used")
             err = f", max abs error vs PyTorch {w['validation']['max_abs_error']:.2e}" if "validation" in w and w["used"] else ""
             print(f"cpu winograd    {state}: {w['reason']}{err}")
             _print_step(w.get("step"))
