@@ -4,7 +4,7 @@ Run by the harness as `python -m benchmarks.latency.coldstart SYSTEM FOLDER BATC
 prints one JSON line. Lives in its own process because a warm interpreter hides imports.
 
 SYSTEM is `cmrt` (`cmrt.load(FOLDER, device="cpu")`, whose `load_seconds` gives the load's
-parts), `diffusers` (`ConsistencyModelPipeline.from_pretrained(FOLDER)`) or `triton` (the
+parts), `cmrt-plain` (the same with `winograd=False`: the plain graph, less memory), `diffusers` (`ConsistencyModelPipeline.from_pretrained(FOLDER)`) or `triton` (the
 Triton Python-backend model of `cmrt triton-repo`, cmrt/serve/templates/model.py, whose
 `initialize` Triton calls in a new stub process for every model instance; here it is called
 the same way, with a stand-in for Triton's `triton_python_backend_utils`, which exists only
@@ -19,6 +19,7 @@ import types
 from pathlib import Path
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "cmrt" / "serve" / "templates" / "model.py"
+SYSTEMS = ("cmrt", "cmrt-plain", "diffusers", "triton")
 
 
 def peak_rss_bytes() -> int:
@@ -63,11 +64,11 @@ def triton_initialize(folder: str):
 
 def main() -> None:
     system, folder, batch, t_launch = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-    if system not in ("cmrt", "diffusers", "triton"):
-        raise SystemExit(f"system must be cmrt, diffusers or triton, got {system!r}")
+    if system not in SYSTEMS:
+        raise SystemExit(f"system must be one of {', '.join(SYSTEMS)}, got {system!r}")
     out: dict = {}
     t0 = time.time()
-    if system == "cmrt":
+    if system.startswith("cmrt"):
         import cmrt
     elif system == "diffusers":
         import diffusers  # noqa: F401
@@ -78,8 +79,8 @@ def main() -> None:
         t2 = time.time()
         out["parts_s"] = dict(model.load_seconds)
         pipe = model.handler.pipe
-    elif system == "cmrt":
-        pipe = cmrt.load(folder, device="cpu")
+    elif system.startswith("cmrt"):
+        pipe = cmrt.load(folder, device="cpu", winograd=False if system == "cmrt-plain" else None)
         t2 = time.time()
         out["parts_s"] = dict(pipe.load_seconds)
         out["graph_cache"] = getattr(pipe.backend, "cache", None)

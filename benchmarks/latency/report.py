@@ -131,7 +131,7 @@ def cold_start_markdown(cold: dict, ratio: float | None) -> list[str]:
     n = max((c.get("n", 1) for c in systems.values() if "error" not in c), default=1)
     md = ["", f"## Cold start (new processes, medians of {n}, systems alternated; first image at batch 1, 1 step)", "",
           "| system | interpreter s | import s | load s | " + " | ".join(f"{label} s" for _, label in LOAD_PARTS)
-          + " | verification (background) s | first image s | process to first image s | peak RSS MB: first image / batch |",
+          + " | verification (background) s | first image s | process to first image s | peak RSS MiB: first image / batch |",
           "|---|" + "---|" * (len(LOAD_PARTS) + 8)]
     for name, c in systems.items():
         if "error" in c:
@@ -151,6 +151,10 @@ def cold_start_markdown(cold: dict, ratio: float | None) -> list[str]:
         md.append(f"- import + load: cmrt {ratio:.1f}x faster than diffusers (import torch/diffusers + `from_pretrained`); "
                   f"process to first image {d['process_to_first_image_s'] / c['process_to_first_image_s']:.1f}x; "
                   f"peak RSS {c['peak_rss_bytes'] / d['peak_rss_bytes']:.2f}x diffusers'.")
+        plain = systems.get("cmrt onnxruntime cpu, plain graph", {})
+        if "peak_rss_bytes" in plain:
+            md.append(f"- the plain graph (`winograd=False`): import + load {plain['import_s'] + plain['load_s']:.2f} s, "
+                      f"peak RSS {plain['peak_rss_bytes'] / d['peak_rss_bytes']:.2f}x diffusers'.")
     md.append("- cmrt's load: `manifest` reads it and checks sizes; the folder's SHA-256 verification runs on background "
               "threads meanwhile (its wall time in the verification column) and `verification wait` is what `cmrt.load` "
               "still waited for it before returning. The Triton row is the model's `initialize` (import column: the "

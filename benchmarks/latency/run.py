@@ -236,6 +236,7 @@ def measure(systems, args, bar) -> list[dict]:
 
 COLD_SYSTEMS = (
     ("cmrt", "cmrt onnxruntime cpu"),
+    ("cmrt-plain", "cmrt onnxruntime cpu, plain graph"),
     ("diffusers", "diffusers eager fp32"),
     ("triton", "cmrt Triton model (initialize)"),
 )
@@ -260,10 +261,11 @@ def median_fields(samples: list[dict]) -> dict:
 def measure_cold_start(engine: Path, folder: Path, batch: int, runs: int = 3) -> tuple[dict, float | None]:
     """`runs` new processes per system, alternated system by system; medians.
 
-    One untimed cmrt load comes first: the first load after a build writes ONNX Runtime's
-    optimized-graph cache (its time is kept as `first_load_after_build`); every later process
-    opens from it, as every later replica does."""
+    One untimed load of each cmrt graph comes first: the first load after a build writes ONNX
+    Runtime's optimized-graph cache (the default graph's time is kept as `first_load_after_build`);
+    every later process opens from it, as every later replica does."""
     first = cold_start("cmrt", engine, batch)
+    cold_start("cmrt-plain", engine, batch)
     samples: dict[str, list[dict]] = {label: [] for _, label in COLD_SYSTEMS}
     for _ in range(runs):
         for kind, label in COLD_SYSTEMS:

@@ -37,6 +37,7 @@ def test_bench_harness_smoke(small_models, tmp_path):
     parts = r["cold_start"]["cmrt onnxruntime cpu"]["parts_s"]
     assert set(parts) >= {"manifest", "backend_import", "weights", "session", "verification_wait", "verification", "total"}
     assert r["cold_start"]["cmrt onnxruntime cpu"]["graph_cache"] == "hit"  # the run's first process wrote it
+    assert r["cold_start"]["cmrt onnxruntime cpu, plain graph"]["graph_cache"] == "hit"
     assert r["cold_start"]["cmrt Triton model (initialize)"]["parts_s"]["initialize"] > 0
     assert r["same_output_max_abs_diff"] <= 1e-4  # same seed, same images as diffusers
     md = (out / "report.md").read_text()
