@@ -1,0 +1,111 @@
+"""The folder's Winograd CPU graph against the one an earlier cmrt commit builds from the same
+export: speed, filter memory and output, alternated call by call in one process.
+
+Run: .venv/bin/python -m benchmarks.winograd_against_commit COMMIT ENGINE_DIR [--runs 9]
+
+Why: a change to the rewrite must keep the CPU graph's warm latency; timing the two graphs in
+one process, in turn, cancels the drift between separate runs on a shared machine. The earlier
+graph is made by the earlier code itself: COMMIT is checked out in a temporary git worktree and
+its `cmrt.build.cpu_graph.winograd_rewrite` run in a subprocess on a scratch copy of the
+folder's fp32 export, its filters stored as that commit's build stores them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Run with the earlier commit first on sys.path: rewrite the scratch export, store its filters.
+MAKE_GRAPH = """
+import json, shutil, sys
+from pathlib import Path
+from cmrt.build.cpu_graph import winograd_rewrite
+from cmrt.engine.manifest import read_manifest
+try:
+    from cmrt.engine.winograd_filters import write_filters
+except ImportError:  # commits before the filters' own module
+    from cmrt.engine.winograd import write_filters
+src, out = Path(sys.argv[1]), Path(sys.argv[2])
+fp32 = read_manifest(src).onnx_entry("fp32")
+for name in (fp32["file"], fp32["external_data"]):
+    shutil.copyfile(src / name, out / name)
+model, report, locations = winograd_rewrite(out, fp32)
+record = {"filters": locations, "weights_file": fp32["external_data"], "filters_file": "winograd.filters"}
+(out / "winograd.onnx").write_bytes(model.SerializeToString())
+write_filters(out, record, "winograd.filters")
+(out / "record.json").write_text(json.dumps(record))
+"""
+
+
+def earlier_graph(commit: str, engine: Path, scratch: Path) -> dict:
+    """Build COMMIT's Winograd graph of `engine`'s export in `scratch`; its filter record."""
+    tree = scratch / "tree"
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), commit], check=True,
+                   capture_output=True, text=True)
+    try:
+        out = scratch / "graph"
+        out.mkdir()
+        subprocess.run([sys.executable, "-c", MAKE_GRAPH, str(engine.resolve()), str(out)], check=True,
+                       env=dict(os.environ, PYTHONPATH=str(tree)), cwd=tree)
+        return json.loads((out / "record.json").read_text())
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], capture_output=True)
+
+
+def main(argv=None) -> int:
+    from cmrt.engine.io_spec import CLASS_LABELS, SAMPLE, TIMESTEP, sample_inputs
+    from cmrt.engine.manifest import read_manifest
+    from cmrt.engine.winograd_filters import mapped_filters
+    from cmrt.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("commit")
+    p.add_argument("engine", type=Path)
+    p.add_argument("--runs", type=int, default=9)
+    args = p.parse_args(argv)
+    if args.runs < 1:
+        p.error("--runs must be >= 1")
+    manifest = read_manifest(args.engine)
+    rec = manifest.winograd
+    if not (rec and rec.get("used") and rec.get("filters_file")):
+        p.error(f"{args.engine} has no Winograd CPU graph with stored filters to compare; build it with `cmrt build --winograd always`")
+    with tempfile.TemporaryDirectory(prefix="cmrt-against-") as tmp:
+        old_rec = earlier_graph(args.commit, args.engine, Path(tmp))
+        old_dir = Path(tmp) / "graph"
+        graphs = {
+            args.commit[:12]: (OnnxRuntimeBackend(old_dir / "winograd.onnx", extra_inputs=mapped_filters(old_dir, old_rec)),
+                               (old_dir / "winograd.filters").stat().st_size),
+            "folder": (OnnxRuntimeBackend(args.engine / rec["file"], extra_inputs=mapped_filters(args.engine, rec)),
+                       (args.engine / rec["filters_file"]).stat().st_size),
+        }
+        old, new = graphs
+        print(f"filters: {old} {graphs[old][1] / 2**20:.0f} MiB, folder {graphs[new][1] / 2**20:.0f} MiB")
+        for batch in (1, 4):
+            inputs = sample_inputs(manifest.unet, manifest.scheduler_config, batch, seed=0)
+            feeds = (inputs[SAMPLE], inputs[TIMESTEP], inputs.get(CLASS_LABELS))
+            outs = {k: b.run(*feeds) for k, (b, _) in graphs.items()}
+            times = {k: [] for k in graphs}
+            for _ in range(args.runs):
+                for k, (backend, _) in graphs.items():
+                    time.sleep(0.1)  # the other session's worker threads go quiet
+                    t0 = time.perf_counter()
+                    backend.run(*feeds)
+                    times[k].append((time.perf_counter() - t0) * 1e3)
+            med = {k: float(np.median(v)) for k, v in times.items()}
+            print(f"batch {batch}: {old} {med[old]:.1f} ms, folder {med[new]:.1f} ms ({med[new] / med[old]:.3f}x); "
+                  f"max abs output difference {float(np.abs(outs[new] - outs[old]).max()):.1e}")
+        del graphs
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
