@@ -126,7 +126,8 @@ def winograd_rewrite(folder: Path, fp32_entry: dict[str, Any], min_spatial: int 
     return model, report, filters
 
 
-def add_winograd_graph(stage: Path, fp32_entry: dict[str, Any], unet, mode: str, scheduler: dict[str, Any]) -> dict[str, Any]:
+def add_winograd_graph(stage: Path, fp32_entry: dict[str, Any], unet, mode: str, scheduler: dict[str, Any],
+                       sizes: tuple[int, int] | None = None) -> dict[str, Any]:
     """Write, validate and (in "auto" mode) time the Winograd graph beside the fp32 export.
 
     Returns the manifest record; `record["used"]` says whether the file stays in the folder.
@@ -138,7 +139,8 @@ def add_winograd_graph(stage: Path, fp32_entry: dict[str, Any], unet, mode: str,
     if mode not in ("auto", "always"):
         raise ValueError(f"mode must be 'auto' or 'always', got {mode!r}")
     plain = stage / fp32_entry["file"]
-    model, report, locations = winograd_rewrite(stage, fp32_entry)
+    min_spatial, f4_min_spatial = sizes or (None, None)
+    model, report, locations = winograd_rewrite(stage, fp32_entry, min_spatial=min_spatial, f4_min_spatial=f4_min_spatial)
     record: dict[str, Any] = {
         "file": WINOGRAD_FILE,
         "mode": mode,

@@ -185,7 +185,8 @@ def _export_folder(source: ModelSource, out: Path, options: BuildOptions, key: s
             bar.update()
             if cpu_variant and precision == "fp32":
                 bar.set_postfix_str("winograd fp32")
-                wino = entry["winograd"] = add_winograd_graph(stage, entry, unet, options.winograd, loaded.scheduler_config)
+                wino = entry["winograd"] = add_winograd_graph(stage, entry, unet, options.winograd, loaded.scheduler_config,
+                                                              (options.winograd_min_size, options.winograd_f4_min_size))
                 if wino["used"]:
                     wino["step"] = add_winograd_step_graph(stage, wino, unet_facts, loaded.scheduler_config)
                     files += [wino["file"], wino["filters_file"], wino["step"]["file"]]

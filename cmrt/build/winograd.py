@@ -38,12 +38,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..engine.winograd import F2, F4, KERNEL, TILES, WinogradTile
+from ..engine.winograd import DEFAULT_F4_MIN_SPATIAL, DEFAULT_MIN_SPATIAL, F2, F4, KERNEL, TILES, WinogradTile
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MIN_SPATIAL = 16
-DEFAULT_F4_MIN_SPATIAL = 32
 # A Conv with fewer input or output channels than this (the UNet's RGB convs at either end) has
 # GEMMs too thin to repay the transforms: on ImageNet-64 both measured slower rewritten.
 MIN_CHANNELS = 8

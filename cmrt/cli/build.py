@@ -26,6 +26,12 @@ def add_parser(sub) -> None:
     p.add_argument("--force", action="store_true", help="rebuild even if the folder is up to date")
     p.add_argument("--winograd", choices=WINOGRAD_MODES, default=d.winograd,
                    help="CPU graph with Winograd 3x3 convolutions: auto keeps it where it measures faster here (default)")
+    p.add_argument("--winograd-min-size", type=int, default=d.winograd_min_size, metavar="N",
+                   help=f"smallest map side the Winograd graph rewrites (default {d.winograd_min_size}); larger holds "
+                   "fewer filters in memory and runs slower")
+    p.add_argument("--winograd-f4-min-size", type=int, default=d.winograd_f4_min_size, metavar="N",
+                   help=f"smallest map side rewritten with F(4x4) tiles, smaller ones get F(2x2) "
+                   f"(default {d.winograd_f4_min_size}); docs/engine-folder.md has the measured trade")
     t = p.add_argument_group("TensorRT (GPU)")
     t.add_argument("--backend", choices=BUILD_BACKENDS, default="auto",
                    help="auto: add a validated TensorRT engine where a GPU and TensorRT are present (default); "
@@ -48,6 +54,7 @@ def run(args) -> int:
     opts = BuildOptions(
         precisions=tuple(args.precision), opset=args.opset, min_batch=args.min_batch, opt_batch=args.opt_batch,
         max_batch=args.max_batch, winograd=args.winograd,
+        winograd_min_size=args.winograd_min_size, winograd_f4_min_size=args.winograd_f4_min_size,
     )
     trt_opts = TensorRTOptions(
         precision=args.trt_precision,

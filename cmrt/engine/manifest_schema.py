@@ -306,6 +306,9 @@ MANIFEST = Obj(
             "opt_batch": BatchSize,
             "max_batch": BatchSize,
             "winograd": Str(choices=WINOGRAD_MODES),
+        }, {  # absent in folders built before they were options: the defaults they were built with
+            "winograd_min_size": Int(1, 1 << 16),
+            "winograd_f4_min_size": Int(1, 1 << 16),
         }),
         "onnx": MapOf(Precision, ONNX_ENTRY, 1, len(PRECISIONS)),
         "files": MapOf(FileName, Obj({"sha256": Digest, "bytes": Int(0, MAX_FILE_BYTES)}, {"blake3": Digest}), 1, MAX_FILES),

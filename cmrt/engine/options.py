@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .io_spec import PRECISIONS
+from .winograd import DEFAULT_F4_MIN_SPATIAL, DEFAULT_MIN_SPATIAL, F4
 
 # The CPU graph with Winograd 3x3 convolutions (cmrt/build/winograd.py): "auto" keeps it only
 # where it measures faster than the plain graph on the build machine, "always" keeps it,
@@ -27,16 +28,24 @@ class BuildOptions:
     opt_batch: int = 4
     max_batch: int = 16
     winograd: str = "auto"
+    # The Winograd graph's map-size thresholds: the smallest map rewritten, and the smallest
+    # rewritten with F(4x4) tiles (smaller ones get F(2x2)). Raising them trades speed for
+    # filter memory (docs/engine-folder.md has the measured trade).
+    winograd_min_size: int = DEFAULT_MIN_SPATIAL
+    winograd_f4_min_size: int = DEFAULT_F4_MIN_SPATIAL
 
     def __post_init__(self) -> None:
         if self.winograd not in WINOGRAD_MODES:
             raise ValueError(f"winograd must be one of {WINOGRAD_MODES}, got {self.winograd!r}")
         if not self.precisions or any(p not in PRECISIONS for p in self.precisions):
             raise ValueError(f"precisions must be a non-empty subset of {PRECISIONS}, got {self.precisions}")
-        for name in ("opset", "min_batch", "opt_batch", "max_batch"):
+        for name in ("opset", "min_batch", "opt_batch", "max_batch", "winograd_min_size", "winograd_f4_min_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, numbers.Integral):
                 raise TypeError(f"{name} must be an integer, got {v!r}")
+        for name in ("winograd_min_size", "winograd_f4_min_size"):
+            if not F4.m <= getattr(self, name) <= 1 << 16:
+                raise ValueError(f"{name} must be a map side between {F4.m} and {1 << 16} pixels, got {getattr(self, name)}")
         if not 14 <= self.opset <= 20:
             raise ValueError(f"opset must be between 14 and 20 (17 is tested), got {self.opset}")
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:

@@ -18,6 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 
 KERNEL = 3  # filter size r
+# The build's default map-size thresholds (cmrt/build/winograd.py says why): maps of at least
+# DEFAULT_MIN_SPATIAL are rewritten, those of at least DEFAULT_F4_MIN_SPATIAL with F(4x4) tiles.
+DEFAULT_MIN_SPATIAL = 16
+DEFAULT_F4_MIN_SPATIAL = 32
 
 
 @dataclass(frozen=True, eq=False)

@@ -312,3 +312,33 @@ def test_bad_winograd_mode_is_refused():
 
     with pytest.raises(ValueError, match="winograd must be one of"):
         BuildOptions(winograd="sometimes")
+
+
+@pytest.mark.parametrize("kw, error", [
+    ({"winograd_min_size": 2}, ValueError), ({"winograd_f4_min_size": 1 << 20}, ValueError),
+    ({"winograd_min_size": 16.0}, TypeError), ({"winograd_f4_min_size": True}, TypeError),
+])
+def test_bad_winograd_sizes_are_refused(kw, error):
+    from cmrt.engine.options import BuildOptions
+
+    with pytest.raises(error, match=next(iter(kw))):
+        BuildOptions(**kw)
+
+
+def test_the_map_size_thresholds_are_build_options_recorded_in_the_manifest(wide_model, tmp_path):
+    """--winograd-f4-min-size 64 on a 32x32 model: every rewritten map gets F(2x2) tiles, fewer
+    filter bytes than the default build's, and the folder says what it was built with."""
+    from cmrt.build.folder import build_engine_folder
+    from cmrt.engine.manifest import read_manifest
+    from cmrt.engine.options import BuildOptions
+
+    folder, _ = wide_model
+    lean = read_manifest(build_engine_folder(str(folder), out=tmp_path / "lean", options=BuildOptions(
+        precisions=("fp32",), max_batch=4, winograd="always", winograd_f4_min_size=64)))
+    default = read_manifest(build(wide_model, "always"))
+    assert {f["tile"] for f in lean.winograd["filters"]} == {2}
+    assert {f["tile"] for f in default.winograd["filters"]} == {4, 2}
+    assert lean.winograd["rewrite"]["rewritten"] == default.winograd["rewrite"]["rewritten"]
+    assert lean.winograd["rewrite"]["added_filter_bytes"] < default.winograd["rewrite"]["added_filter_bytes"]
+    assert lean.data["build_options"]["winograd_f4_min_size"] == 64 and lean.data["build_key"] != default.data["build_key"]
+    assert lean.winograd["validation"]["max_abs_error"] <= 1e-4
