@@ -1,9 +1,9 @@
 """Winograd F(4x4, 3x3) and F(2x2, 3x3): the transform matrices and the transformed filters,
 numpy only, shared by the build-time graph rewrite (cmrt/build/winograd.py) and the runtime.
 
-Two tile sizes, because they trade differently. F(4x4) does 2.25 multiplies per output and
-(input, output) channel pair, direct convolution 9, F(2x2) 4; their transformed filters are
-36, 9 and 16 values per 3x3 filter. On large maps the GEMMs have many tiles and are bound by
+Two tile sizes, because they trade differently. Per output and (input, output) channel pair,
+direct convolution does 9 multiplies, F(4x4) 2.25 and F(2x2) 4; in exchange each 3x3 filter
+(9 values) becomes 36 transformed values for F(4x4) and 16 for F(2x2). On large maps the GEMMs have many tiles and are bound by
 multiplies, so F(4x4) wins; on small maps they have few tiles and are bound by reading the
 filters, so F(2x2) runs about as fast while holding 16/36 of the bytes.
 
