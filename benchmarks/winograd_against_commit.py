@@ -17,7 +17,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -62,10 +61,11 @@ def earlier_graph(commit: str, engine: Path, scratch: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    from cmrt.engine.io_spec import CLASS_LABELS, SAMPLE, TIMESTEP, sample_inputs
     from cmrt.engine.manifest import read_manifest
     from cmrt.engine.winograd_filters import mapped_filters
     from cmrt.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    from .graph_timing import alternated_medians, folder_winograd_backend
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("commit")
@@ -81,29 +81,19 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="cmrt-against-") as tmp:
         old_rec = earlier_graph(args.commit, args.engine, Path(tmp))
         old_dir = Path(tmp) / "graph"
-        graphs = {
-            args.commit[:12]: (OnnxRuntimeBackend(old_dir / "winograd.onnx", extra_inputs=mapped_filters(old_dir, old_rec)),
-                               (old_dir / "winograd.filters").stat().st_size),
-            "folder": (OnnxRuntimeBackend(args.engine / rec["file"], extra_inputs=mapped_filters(args.engine, rec)),
-                       (args.engine / rec["filters_file"]).stat().st_size),
+        old, new = args.commit[:12], "folder"
+        backends = {
+            old: OnnxRuntimeBackend(old_dir / "winograd.onnx", extra_inputs=mapped_filters(old_dir, old_rec)),
+            new: folder_winograd_backend(args.engine, rec),
         }
-        old, new = graphs
-        print(f"filters: {old} {graphs[old][1] / 2**20:.0f} MiB, folder {graphs[new][1] / 2**20:.0f} MiB")
-        for batch in (1, 4):
-            inputs = sample_inputs(manifest.unet, manifest.scheduler_config, batch, seed=0)
-            feeds = (inputs[SAMPLE], inputs[TIMESTEP], inputs.get(CLASS_LABELS))
-            outs = {k: b.run(*feeds) for k, (b, _) in graphs.items()}
-            times = {k: [] for k in graphs}
-            for _ in range(args.runs):
-                for k, (backend, _) in graphs.items():
-                    time.sleep(0.1)  # the other session's worker threads go quiet
-                    t0 = time.perf_counter()
-                    backend.run(*feeds)
-                    times[k].append((time.perf_counter() - t0) * 1e3)
-            med = {k: float(np.median(v)) for k, v in times.items()}
+        print(f"filters: {old} {(old_dir / 'winograd.filters').stat().st_size / 2**20:.0f} MiB, "
+              f"folder {(args.engine / rec['filters_file']).stat().st_size / 2**20:.0f} MiB")
+        medians, outputs = alternated_medians(backends, manifest, args.runs, settle_s=0.1)
+        for batch, med in medians.items():
+            diff = float(np.abs(outputs[batch][new] - outputs[batch][old]).max())
             print(f"batch {batch}: {old} {med[old]:.1f} ms, folder {med[new]:.1f} ms ({med[new] / med[old]:.3f}x); "
-                  f"max abs output difference {float(np.abs(outs[new] - outs[old]).max()):.1e}")
-        del graphs
+                  f"max abs output difference {diff:.1e}")
+        del backends
     return 0
 
 

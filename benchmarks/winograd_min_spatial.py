@@ -19,10 +19,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import tempfile
-import time
 from pathlib import Path
-
-import numpy as np
 
 
 def variant(text: str) -> tuple[int, int]:
@@ -61,11 +58,10 @@ def tile_counts(tiles: list[int]) -> str:
 
 
 def main(argv=None) -> int:
-    from cmrt.engine.io_spec import CLASS_LABELS, SAMPLE, TIMESTEP, sample_inputs
     from cmrt.engine.manifest import read_manifest
     from cmrt.engine.winograd import tile_of
-    from cmrt.engine.winograd_filters import mapped_filters
-    from cmrt.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    from .graph_timing import alternated_medians, folder_winograd_backend
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("engine", type=Path)
@@ -80,7 +76,7 @@ def main(argv=None) -> int:
         built = manifest.winograd
         if built and built.get("used") and built.get("filters_file"):
             graphs["folder"] = (
-                OnnxRuntimeBackend(args.engine / built["file"], extra_inputs=mapped_filters(args.engine, built)),
+                folder_winograd_backend(args.engine, built),
                 (args.engine / built["filters_file"]).stat().st_size,
                 tile_counts([tile_of(f).m for f in built["filters"]]),
             )
@@ -88,19 +84,7 @@ def main(argv=None) -> int:
             graphs[f"{a}/{b}"] = winograd_graph(args.engine, fp32, (a, b), Path(tmp) / f"{a}-{b}")
         base = next(iter(graphs))
         print("variant  Convs per tile    filters MiB  " + "  ".join(f"batch {b} ms (vs {base})" for b in (1, 4)))
-        medians = {}
-        for batch in (1, 4):
-            inputs = sample_inputs(manifest.unet, manifest.scheduler_config, batch, seed=0)
-            feeds = (inputs[SAMPLE], inputs[TIMESTEP], inputs.get(CLASS_LABELS))
-            times = {size: [] for size in graphs}
-            for backend, _, _ in graphs.values():
-                backend.run(*feeds)
-            for _ in range(args.runs):
-                for size, (backend, _, _) in graphs.items():
-                    t0 = time.perf_counter()
-                    backend.run(*feeds)
-                    times[size].append((time.perf_counter() - t0) * 1e3)
-            medians[batch] = {size: float(np.median(t)) for size, t in times.items()}
+        medians, _ = alternated_medians({name: g[0] for name, g in graphs.items()}, manifest, args.runs)
         for name, (_, filter_bytes, rewritten) in graphs.items():
             cols = "  ".join(f"{medians[b][name]:9.1f} ({medians[b][name] / medians[b][base]:.3f}x)" for b in (1, 4))
             print(f"{name:>7s}  {rewritten:16s}  {filter_bytes / 2**20:11.1f}  {cols}")

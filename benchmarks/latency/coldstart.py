@@ -4,7 +4,8 @@ Run by the harness as `python -m benchmarks.latency.coldstart SYSTEM FOLDER BATC
 prints one JSON line. Lives in its own process because a warm interpreter hides imports.
 
 SYSTEM is `cmrt` (`cmrt.load(FOLDER, device="cpu")`, whose `load_seconds` gives the load's
-parts), `cmrt-plain` (the same with `winograd=False`: the plain graph, less memory), `diffusers` (`ConsistencyModelPipeline.from_pretrained(FOLDER)`) or `triton` (the
+parts), `cmrt-plain` (the same with `winograd=False`: the plain graph, less memory),
+`diffusers` (`ConsistencyModelPipeline.from_pretrained(FOLDER)`) or `triton` (the
 Triton Python-backend model of `cmrt triton-repo`, cmrt/serve/templates/model.py, whose
 `initialize` Triton calls in a new stub process for every model instance; here it is called
 the same way, with a stand-in for Triton's `triton_python_backend_utils`, which exists only

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..engine.atomic import write_bytes_atomic
 from ..engine.io_spec import CLASS_LABELS, SAMPLE, TIMESTEP
+from ..engine.winograd import DEFAULT_F4_MIN_SPATIAL, DEFAULT_MIN_SPATIAL
 from ..engine.winograd_filters import mapped_filters, write_filters
 
 logger = logging.getLogger(__name__)
@@ -100,17 +101,17 @@ def median_run_ms(
     return [(float(np.median(t) * 1e3), len(t)) for t in times]
 
 
-def winograd_rewrite(folder: Path, fp32_entry: dict[str, Any], min_spatial: int | None = None,
-                     f4_min_spatial: int | None = None):
+def winograd_rewrite(folder: Path, fp32_entry: dict[str, Any], min_spatial: int = DEFAULT_MIN_SPATIAL,
+                     f4_min_spatial: int = DEFAULT_F4_MIN_SPATIAL):
     """The fp32 export's Winograd rewrite, in memory: (the graph, without weights; the rewrite's
     report; where each rewritten Conv's 3x3 weights lie in the fp32 weight file).
 
     `min_spatial`, `f4_min_spatial`: the smallest map rewritten, and the smallest rewritten with
-    F(4x4) tiles (defaults in cmrt/build/winograd.py).
+    F(4x4) tiles (cmrt/build/winograd.py says why the defaults are what they are).
     """
     import onnx
 
-    from .winograd import DEFAULT_F4_MIN_SPATIAL, DEFAULT_MIN_SPATIAL, conv_input_shapes, rewrite_winograd
+    from .winograd import conv_input_shapes, rewrite_winograd
 
     if not fp32_entry.get("external_data"):
         raise ValueError("the Winograd graph shares the fp32 weight file; export fp32 with separate_weights=True")
@@ -120,15 +121,16 @@ def winograd_rewrite(folder: Path, fp32_entry: dict[str, Any], min_spatial: int 
     shapes = conv_input_shapes(onnx.load(str(plain)))
     model = onnx.load(str(plain), load_external_data=False)
     weights = {t.name: t for t in model.graph.initializer}  # before the rewrite drops the 3x3 ones
-    report = rewrite_winograd(model, min_spatial=min_spatial or DEFAULT_MIN_SPATIAL, input_shapes=shapes, filters="input",
-                              f4_min_spatial=f4_min_spatial or DEFAULT_F4_MIN_SPATIAL)
+    report = rewrite_winograd(model, min_spatial=min_spatial, input_shapes=shapes, filters="input",
+                              f4_min_spatial=f4_min_spatial)
     filters = [filter_location(weights[f["weight"]], f, fp32_entry["external_data"]) for f in report.runtime_filters]
     return model, report, filters
 
 
 def add_winograd_graph(stage: Path, fp32_entry: dict[str, Any], unet, mode: str, scheduler: dict[str, Any],
-                       sizes: tuple[int, int] | None = None) -> dict[str, Any]:
-    """Write, validate and (in "auto" mode) time the Winograd graph beside the fp32 export.
+                       sizes: tuple[int, int] = (DEFAULT_MIN_SPATIAL, DEFAULT_F4_MIN_SPATIAL)) -> dict[str, Any]:
+    """Write, validate and (in "auto" mode) time the Winograd graph beside the fp32 export;
+    `sizes`: (min_spatial, f4_min_spatial) of the rewrite.
 
     Returns the manifest record; `record["used"]` says whether the file stays in the folder.
     """
@@ -139,8 +141,7 @@ def add_winograd_graph(stage: Path, fp32_entry: dict[str, Any], unet, mode: str,
     if mode not in ("auto", "always"):
         raise ValueError(f"mode must be 'auto' or 'always', got {mode!r}")
     plain = stage / fp32_entry["file"]
-    min_spatial, f4_min_spatial = sizes or (None, None)
-    model, report, locations = winograd_rewrite(stage, fp32_entry, min_spatial=min_spatial, f4_min_spatial=f4_min_spatial)
+    model, report, locations = winograd_rewrite(stage, fp32_entry, *sizes)
     record: dict[str, Any] = {
         "file": WINOGRAD_FILE,
         "mode": mode,

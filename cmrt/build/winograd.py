@@ -10,9 +10,9 @@ linear transforms before and after.
 The rewritten subgraph is made of standard ops only (Conv, Reshape, Transpose, MatMul,
 DepthToSpace, Add), so ONNX Runtime runs it with its own kernels (a = m + 2):
 
-    V = Conv(x, B-basis, group=C, a x a, stride m)   input transform, one tile per output tile
-    M = U @ V                                         a^2 batched GEMMs [K,C] x [C,tiles]
-    Y = DepthToSpace(A-basis @ M) + bias             output transform and tile interleave
+    V = Conv(x as [N*C, 1, H, W], B-basis, a x a, stride m)   input transform, one tile per output tile
+    M = U @ V                                                 a^2 batched GEMMs [K,C] x [C,tiles]
+    Y = DepthToSpace(A-basis @ M) + bias                      output transform and tile interleave
 
 Which tile where (`f4_min_spatial`): maps at least that size get F(4x4); smaller rewritten
 maps get F(2x2). On a small map the GEMMs have few tiles and stream the transformed filters
@@ -26,8 +26,8 @@ graph as MatMuls over the weight initializer, which ONNX Runtime folds when it c
 session: a self-contained graph, but several times slower to open.
 
 Where it does not pay, the Conv is left alone: strided, grouped, dilated or non-3x3
-convolutions, those with a handful of channels (the RGB ends), odd spatial sizes, and small maps (below `min_spatial`, where the GEMMs have
-too few tiles to beat the direct kernel). The transforms are exact in exact arithmetic; in
+convolutions, those with a handful of channels (the RGB ends), odd spatial sizes, and small
+maps (below `min_spatial`, where the GEMMs have too few tiles to beat the direct kernel). The transforms are exact in exact arithmetic; in
 fp32 the rewritten UNet stays within the export tolerance of PyTorch, which the build checks
 like any other graph.
 """
@@ -166,7 +166,6 @@ def rewrite_winograd(
             graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
             shared[name] = name
         return name
-
 
     new_nodes = []
     for i, node in enumerate(graph.node):

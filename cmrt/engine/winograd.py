@@ -3,9 +3,10 @@ numpy only, shared by the build-time graph rewrite (cmrt/build/winograd.py) and 
 
 Two tile sizes, because they trade differently. Per output and (input, output) channel pair,
 direct convolution does 9 multiplies, F(4x4) 2.25 and F(2x2) 4; in exchange each 3x3 filter
-(9 values) becomes 36 transformed values for F(4x4) and 16 for F(2x2). On large maps the GEMMs have many tiles and are bound by
-multiplies, so F(4x4) wins; on small maps they have few tiles and are bound by reading the
-filters, so F(2x2) runs about as fast while holding 16/36 of the bytes.
+(9 values) becomes 36 transformed values for F(4x4) and 16 for F(2x2). On large maps the GEMMs
+have many tiles and are bound by multiplies, so F(4x4) wins; on small maps they have few tiles
+and are bound by reading the filters, so F(2x2) runs about as fast while holding 16/36 of the
+bytes.
 
 Where the transformed filters live in an engine folder, and how a load gets them, is
 cmrt/engine/winograd_filters.py's. A filter record without a `tile` is F(4x4), the only tile of
