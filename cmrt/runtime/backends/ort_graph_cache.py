@@ -105,10 +105,12 @@ def prune(keep: Path) -> list[Path]:
     entries.sort(key=lambda e: e[0], reverse=True)  # most recently used first
     used = sum(size for _, folder, size in entries if folder == keep)
     removed = []
+    full = False  # once an entry does not fit, every older one goes too: least recently used first
     for _, folder, size in entries:
         if folder == keep:
             continue
-        if used + size <= budget:
+        full = full or used + size > budget
+        if not full:
             used += size
             continue
         discard(folder)

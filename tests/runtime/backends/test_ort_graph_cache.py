@@ -37,6 +37,14 @@ def test_the_least_recently_used_entries_go_until_the_rest_fit(root, monkeypatch
     assert {p.name for p in root.iterdir()} == {new.name, just_written.name, stray.name}
 
 
+def test_a_small_old_entry_goes_before_a_big_newer_one(root, monkeypatch):
+    """Least recently used first: an older entry is never kept in place of a newer one that did not fit."""
+    monkeypatch.setenv(cache.MAX_GB_ENV, str(25 * 2**20 / 1e9))
+    small_old, big_newer = entry(root, 1, 2, 1000), entry(root, 2, 20, 2000)
+    written = entry(root, 3, 10, 3000)
+    assert cache.prune(keep=written) == [big_newer, small_old]
+
+
 def test_a_hit_marks_the_entry_used_so_that_it_outlives_newer_ones(root, monkeypatch):
     monkeypatch.setenv(cache.MAX_GB_ENV, str(15 * 2**20 / 1e9))
     hit, newer = entry(root, 1, 10, 1000), entry(root, 2, 10, 2000)
