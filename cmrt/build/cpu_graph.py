@@ -17,19 +17,15 @@ Winograd graph only when it is clearly faster; the manifest records the timings 
 """
 from __future__ import annotations
 
-import gc
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..engine.atomic import write_bytes_atomic
-from ..engine.io_spec import CLASS_LABELS, SAMPLE, TIMESTEP
 from ..engine.winograd import DEFAULT_F4_MIN_SPATIAL, DEFAULT_MIN_SPATIAL
 from ..engine.winograd_filters import mapped_filters, write_filters
+from .cpu_timing import median_run_ms
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +33,6 @@ WINOGRAD_FILE = "unet.fp32.winograd.onnx"
 FILTERS_FILE = "unet.fp32.winograd.filters"  # float32 [alpha^2, K, C] per rewritten Conv, page-aligned
 # Keep the Winograd graph in "auto" mode only when its median is at least this much faster.
 MIN_GAIN = 0.05
-TIMING_BUDGET_S = 2.0
-TIMING_RUNS = (3, 15)  # at least, at most
 # "auto" does not make a graph whose extra filter memory would exceed this share of the machine's RAM.
 MAX_RAM_SHARE = 0.25
 
@@ -67,38 +61,6 @@ def filter_location(weight, runtime_filter: dict[str, Any], weights_file: str) -
         "shape": [k, c, kh, kw],
         "tile": int(runtime_filter["tile"]),
     }
-
-
-SETTLE_S = 0.1  # idle time before each timed call: the other session's spinning worker threads go quiet
-
-
-def median_run_ms(
-    graphs: list[tuple[Path, dict[str, np.ndarray] | None]], feeds: dict[str, np.ndarray]
-) -> list[tuple[float, int]]:
-    """Median wall time of one ONNX Runtime CPU call of each graph, with the runtime's own session
-    settings: (median ms, calls timed) per graph.
-
-    The graphs are timed call by call in turn, not one after the other, so that a burst of load
-    from another process on the build machine slows them alike instead of deciding the choice.
-    """
-    from ..runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-
-    backends = [OnnxRuntimeBackend(f, extra_inputs=extra) for f, extra in graphs]
-    args = (feeds[SAMPLE], feeds[TIMESTEP], feeds.get(CLASS_LABELS))
-    for backend in backends:
-        backend.run(*args)  # warm-up: first-call allocations
-    times: list[list[float]] = [[] for _ in backends]
-    lo, hi = TIMING_RUNS
-    start = time.perf_counter()
-    while len(times[0]) < lo or (len(times[0]) < hi and time.perf_counter() - start < len(backends) * TIMING_BUDGET_S):
-        for backend, own in zip(backends, times):
-            time.sleep(SETTLE_S)
-            t = time.perf_counter()
-            backend.run(*args)
-            own.append(time.perf_counter() - t)
-    del backends
-    gc.collect()
-    return [(float(np.median(t) * 1e3), len(t)) for t in times]
 
 
 def winograd_rewrite(folder: Path, fp32_entry: dict[str, Any], min_spatial: int = DEFAULT_MIN_SPATIAL,
@@ -174,7 +136,7 @@ def add_winograd_graph(stage: Path, fp32_entry: dict[str, Any], unet, mode: str,
         record.update(used=True, reason="--winograd always")
         return record
     feeds = random_inputs(unet, scheduler, 1, seed=7)
-    (plain_ms, n_plain), (wino_ms, n_wino) = median_run_ms([(plain, None), (path, filters)], feeds)
+    (plain_ms, n_plain), (wino_ms, n_wino) = median_run_ms([(plain, None, feeds), (path, filters, feeds)])
     del filters
     used = wino_ms < (1 - MIN_GAIN) * plain_ms
     record["timing"] = {

@@ -145,6 +145,19 @@ def _build_onnx_folder(
     return out
 
 
+def _measure_cpu_batching(stage: Path, entry: dict, unet: dict, scheduler: dict, options: BuildOptions) -> dict:
+    """The batch per ONNX Runtime CPU call (cmrt/build/cpu_batching.py), measured on the graph the CPU
+    runs by default: the Winograd graph where the build kept it, else the plain fp32 graph."""
+    from ..engine.winograd_filters import mapped_filters
+    from .cpu_batching import measure_batching
+
+    wino = entry.get("winograd")
+    if wino and wino["used"]:
+        return measure_batching(stage / wino["file"], mapped_filters(stage, wino), unet, scheduler,
+                                options.opt_batch, options.max_batch)
+    return measure_batching(stage / entry["file"], None, unet, scheduler, options.opt_batch, options.max_batch)
+
+
 def _export_folder(source: ModelSource, out: Path, options: BuildOptions, key: str) -> None:
     """Export, validate and write the folder of `source` in a staging folder swapped in at `out`."""
     from tqdm.auto import tqdm
@@ -158,6 +171,8 @@ def _export_folder(source: ModelSource, out: Path, options: BuildOptions, key: s
     stages = ["load"] + [f"{s} {p}" for p in options.precisions for s in ("export", "validate", "step graph")] + ["manifest"]
     if "fp32" in options.precisions and options.winograd != "never":
         stages.append("winograd fp32")
+    if "fp32" in options.precisions:
+        stages.append("batching fp32")
     with tqdm(total=len(stages), desc=f"cmrt build {source.name}", unit="stage") as bar, staging_dir(out) as stage:
         bar.set_postfix_str("load")
         loaded = load_model(source)
@@ -190,6 +205,10 @@ def _export_folder(source: ModelSource, out: Path, options: BuildOptions, key: s
                 if wino["used"]:
                     wino["step"] = add_winograd_step_graph(stage, wino, unet_facts, loaded.scheduler_config)
                     files += [wino["file"], wino["filters_file"], wino["step"]["file"]]
+                bar.update()
+            if precision == "fp32":
+                bar.set_postfix_str("batching fp32")
+                entry["batching"] = _measure_cpu_batching(stage, entry, unet_facts, loaded.scheduler_config, options)
                 bar.update()
             onnx_entries[precision] = entry
         manifest = {

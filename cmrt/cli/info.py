@@ -42,6 +42,11 @@ def run(args) -> int:
             err = f", max abs error vs PyTorch {w['validation']['max_abs_error']:.2e}" if "validation" in w and w["used"] else ""
             print(f"cpu winograd    {state}: {w['reason']}{err}")
             _print_step(w.get("step"))
+        b = e.get("batching")
+        if b:
+            per_image = ", ".join(f"{ms:.1f} ms at {n}" for n, ms in b.get("per_image_ms", {}).items())
+            chunk = f"{b['chunk']} image{'s' if b['chunk'] > 1 else ''} per call" if b["chunk"] else "the whole batch in one call"
+            print(f"cpu batching    {chunk} on {b['graph']}: {b['reason']}" + (f" (per image: {per_image})" if per_image else ""))
     t = m.tensorrt
     if t:
         v, g, pr = t["validation"], t["gpu"], t["profile"]

@@ -32,6 +32,8 @@ STEP_OUTPUT = "x_next"  # clip(c_skip * x + c_out * F, clip_min, clip_max) + noi
 # graph serves clip_denoised=True (-1, 1) and False (-inf, inf: the identity, bit for bit).
 STEP_COEF_ORDER = ("divisor", "c_skip", "c_out", "clip_min", "clip_max")
 STEP_INPUT_NAMES = (STEP_X, TIMESTEP, CLASS_LABELS, STEP_COEFS, NOISE_TERM)
+# The inputs with a batch axis (the first), in either graph: a batch split into calls splits these.
+BATCHED_INPUTS = frozenset((SAMPLE, TIMESTEP, CLASS_LABELS, STEP_X, NOISE_TERM))
 # Constants under which a step graph's `model_output` is a plain UNet call on `x` (x / 1 is x
 # exactly), so that a backend serves plain calls (zero-shot editing) through its step graph.
 UNET_ONLY_COEFS = {"divisor": 1.0, "c_skip": 0.0, "c_out": 1.0, "clip_min": -np.inf, "clip_max": np.inf}

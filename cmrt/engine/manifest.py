@@ -285,6 +285,19 @@ class Manifest:
             return self.folder / rec["file"], rec
         return self.onnx_path(precision), None
 
+    def batch_chunk(self, graph: Path) -> int | None:
+        """The most images per ONNX Runtime CPU call of `graph` that the build measured worth it
+        (cmrt/build/cpu_batching.py), or None for the whole batch in one call: also for a graph the
+        build did not measure, and for folders built before it did. A step graph has its UNet
+        graph's figure, since the UNet is all of its work."""
+        rec = self.data["onnx"].get("fp32", {}).get("batching")
+        if not rec or rec["chunk"] is None:
+            return None
+        entry = self.data["onnx"]["fp32"]
+        steps = [entry.get("step"), (entry.get("winograd") or {}).get("step")]
+        unet_graph = next((s["from"] for s in steps if s and s["file"] == graph.name), graph.name)
+        return int(rec["chunk"]) if graph.parent == self.folder and unet_graph == rec["graph"] else None
+
     def io_spec(self, precision: str) -> dict[str, Any]:
         entry = self.onnx_entry(precision)
         return {"inputs": entry["inputs"], "outputs": entry["outputs"]}

@@ -249,6 +249,8 @@ WINOGRAD = Obj(
         "step": STEP,
     },
 )
+# The batch per ONNX Runtime CPU call the build measured (cmrt/build/cpu_batching.py); its timings are unread.
+BATCHING = Obj({"graph": FileName, "chunk": Nullable(BatchSize)})
 ONNX_ENTRY = Obj(
     {
         "file": FileName,
@@ -258,7 +260,7 @@ ONNX_ENTRY = Obj(
         "outputs": ListOf(IO_TENSOR, 1, 1),
         "validation": VALIDATION,
     },
-    {"precision": Precision, "winograd": Nullable(WINOGRAD), "step": STEP},
+    {"precision": Precision, "winograd": Nullable(WINOGRAD), "step": STEP, "batching": BATCHING},
 )
 TENSORRT = Obj(
     {
@@ -365,6 +367,12 @@ def _check_relations(data: Mapping[str, Any]) -> None:
             if entry[side] != want[side]:
                 raise SchemaError(f"onnx.{precision}.{side}", "differ from the I/O of the UNet described in `unet`")
         wino = entry.get("winograd")
+        batching = entry.get("batching")
+        if batching:
+            graphs = [entry["file"]] + ([wino["file"]] if wino and wino["used"] else [])
+            if precision != "fp32" or batching["graph"] not in graphs:
+                raise SchemaError(f"onnx.{precision}.batching.graph", f"must name one of the CPU's fp32 graphs {graphs}"
+                                  if precision == "fp32" else "only the fp32 graph's batching is measured")
         if not wino:
             continue
         if precision != "fp32":

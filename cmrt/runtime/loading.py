@@ -22,6 +22,7 @@ from ..engine.models import DEFAULT_MODEL, is_diffusers_folder, looks_like_path,
 from ..engine.paths import default_engine_dir, engine_root
 from ..engine.step_graph import has_step_graph, step_graph as step_graph_file
 from ..engine.tensorrt import Profile, TensorRTOptions
+from .backends.onnxruntime_backend import check_batch_chunk
 from .backends.probe import Environment, probe_environment
 from .backends.selection import BACKENDS, DEVICES, Selection, select_backend
 from .pipeline import Pipeline, check_warmup
@@ -129,6 +130,7 @@ def load(
     winograd: bool | None = None,
     step_graph: bool | None = None,
     warmup: Sequence[int] | None = None,
+    batch_chunk: int | None | str = "auto",
 ) -> Pipeline:
     """Open an engine folder (checksums verified) and return a ready Pipeline.
 
@@ -143,6 +145,10 @@ def load(
     ONNX Runtime on the CPU, the step graph of the graph `winograd` picks), False the numpy
     loop, None the backend's default (`STEP_GRAPH_DEFAULTS`). `warmup`: batch sizes to warm
     up before returning, e.g. [1, 4] (`Pipeline.warmup`), so that no request pays for it.
+    `batch_chunk` applies to ONNX Runtime on the CPU: the most images per UNet call, a larger batch
+    running as consecutive calls; "auto" takes what the build measured on its graph (on a large
+    model, 1: batching buys no speed on a CPU and multiplies the activations' memory), None one call
+    for the whole batch, an integer that many at most.
 
     `model_or_engine_dir` is an engine folder written by `cmrt build`, or a model name / hub
     id / diffusers folder, whose default engine folder (`$CMRT_ENGINE_DIR`, default
@@ -165,11 +171,12 @@ def load(
     manifest = read_manifest(folder, verify=False)  # presence and sizes; the hashes run beside the backend's opening
     if warmup is not None:  # checked before the (slow) backend is opened
         warmup = check_warmup(warmup, manifest.min_batch, manifest.max_batch)
+    batch_chunk = check_batch_chunk_option(batch_chunk)
     verification = start_verification(manifest) if verify else None
     times = {"manifest": time.perf_counter() - t0}
     try:
         manifest, engine = open_backend(manifest, backend, device, precision, threads, use_cuda_graph, winograd, step_graph,
-                                        times)
+                                        times, batch_chunk)
     finally:
         t1 = time.perf_counter()
         if verification is not None:
@@ -186,6 +193,13 @@ def load(
     if warmup is not None:
         pipe.warmup(warmup)
     return pipe
+
+
+def check_batch_chunk_option(batch_chunk) -> int | None | str:
+    """`load`'s `batch_chunk`: "auto", None or an integer >= 1."""
+    if isinstance(batch_chunk, str) and batch_chunk == "auto":
+        return batch_chunk
+    return check_batch_chunk(batch_chunk)
 
 
 def graph_id(manifest: Manifest, path: Path) -> str:
@@ -212,6 +226,7 @@ def open_backend(
     winograd: bool | None = None,
     step_graph: bool | None = None,
     times: dict[str, float] | None = None,
+    batch_chunk: int | None | str = "auto",
 ):
     """Select (see `backends.selection`) and construct the backend; returns (manifest, backend).
 
@@ -221,7 +236,7 @@ def open_backend(
     unless it was asked for by name (`backend='tensorrt'`) or the CPU was ruled out (`device='cuda'`).
     `times`, when given, receives the seconds of the ONNX Runtime CPU path's parts: the backend
     import, the Winograd filters ("weights": mapped from the folder, or computed for a folder
-    built before they were stored) and the session.
+    built before they were stored) and the session. `batch_chunk`: as `load`'s.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -231,6 +246,7 @@ def open_backend(
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if step_graph not in (None, True, False):
         raise TypeError(f"step_graph must be None, True or False, got {step_graph!r}")
+    batch_chunk = check_batch_chunk_option(batch_chunk)
     trt_options = TensorRTOptions(precision=precision) if backend != "openvino" and precision else None
     # device='cpu' never needs the (slower) machine probe, except to find OpenVINO
     env = probe_environment() if device != "cpu" or backend == "openvino" else Environment()
@@ -276,7 +292,9 @@ def open_backend(
         extra = winograd_filters(manifest.folder, wino)
     t2 = time.perf_counter()
     try:
-        engine = OnnxRuntimeBackend(path, threads=threads, extra_inputs=extra, graph_id=graph_id(manifest, path))
+        chunk = manifest.batch_chunk(path) if batch_chunk == "auto" else batch_chunk
+        engine = OnnxRuntimeBackend(path, threads=threads, extra_inputs=extra, graph_id=graph_id(manifest, path),
+                                    batch_chunk=chunk)
     except Exception as e:
         if type(e).__module__.partition(".")[0] != "onnxruntime":
             raise

@@ -58,3 +58,23 @@ def test_truncated_missing_and_foreign_folders(small_models, tmp_path):
         cmrt.load(empty)
     with pytest.raises(ValueError, match="does not exist"):
         cmrt.load(tmp_path / "nowhere")
+
+
+def test_the_batch_chunk_is_read_for_the_graph_it_was_measured_on(small_models):
+    """The measured chunk applies to its graph and that graph's step graph, never to another graph;
+    a folder built before the measurement existed runs the whole batch in one call."""
+    from dataclasses import replace
+
+    m = read_manifest(small_models["cond"][1])
+    data = {**m.data, "onnx": {"fp32": {**m.data["onnx"]["fp32"]}}}
+    e = data["onnx"]["fp32"]
+    e["batching"] = {**e["batching"], "chunk": 2, "graph": e["file"]}
+    measured = replace(m, data=data)
+    assert measured.batch_chunk(m.folder / e["file"]) == 2
+    assert measured.batch_chunk(m.folder / e["step"]["file"]) == 2
+    assert measured.batch_chunk(m.folder / e["winograd"]["file"]) is None  # another graph: not measured
+    assert measured.batch_chunk(m.folder.parent / e["file"]) is None  # a file of another folder
+    e["batching"] = {**e["batching"], "chunk": None}
+    assert measured.batch_chunk(m.folder / e["file"]) is None
+    del e["batching"]
+    assert measured.batch_chunk(m.folder / e["file"]) is None

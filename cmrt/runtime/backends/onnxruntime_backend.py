@@ -16,6 +16,7 @@ import numpy as np
 
 from ...engine.errors import EngineFolderError
 from ...engine.io_spec import (
+    BATCHED_INPUTS,
     CLASS_LABELS,
     INPUT_NAMES,
     OUTPUT,
@@ -59,6 +60,16 @@ def max_threads() -> int:
     return 4 * max(1, os.cpu_count() or 1)
 
 
+def check_batch_chunk(batch_chunk) -> int | None:
+    """`batch_chunk` for ONNX Runtime on the CPU: None (the whole batch in one call) or an integer >= 1."""
+    if batch_chunk is None:
+        return None
+    if isinstance(batch_chunk, bool) or not isinstance(batch_chunk, int) or batch_chunk < 1:
+        raise ValueError(f"batch_chunk must be an integer >= 1 (the most images per call), None for the whole batch "
+                         f"in one call, or (in cmrt.load) \"auto\" for what the build measured; got {batch_chunk!r}")
+    return batch_chunk
+
+
 def check_threads(threads) -> int | None:
     """`threads` for ONNX Runtime / OpenVINO: None (one per core) or an integer in 1..max_threads()."""
     if threads is None:
@@ -84,14 +95,18 @@ class OnnxRuntimeBackend:
         threads: int | None = None,
         extra_inputs: dict[str, np.ndarray] | None = None,
         graph_id: str | None = None,
+        batch_chunk: int | None = None,
     ):
         """`extra_inputs`: constant arrays fed on every call besides the sample (a Winograd
         graph's transformed filters, memory-mapped from the folder); ONNX Runtime reads them in
         place, without a copy. `graph_id`: a digest of every file the graph reads (the engine
         folder's checksums); with it the optimized graph is cached (`ort_graph_cache`) and later
-        sessions open from the cache. `check_cache` must then be called before the first run."""
+        sessions open from the cache. `check_cache` must then be called before the first run.
+        `batch_chunk`: the most images per call; a larger batch runs as consecutive calls of at most
+        that many, whose outputs are joined (cmrt/build/cpu_batching.py says why). None: one call."""
         ort = import_onnxruntime()
         threads = check_threads(threads)
+        self.batch_chunk = check_batch_chunk(batch_chunk)
         self.onnx_path = Path(onnx_path)
         self.threads = threads or physical_cores()
         self.graph_id = graph_id
@@ -184,17 +199,27 @@ class OnnxRuntimeBackend:
                 z = self._zeros.setdefault(a.shape, z)
         return z
 
-    def _feeds(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _call(self, output: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """One output of the session on `inputs` (plus the constant inputs), in calls of at most
+        `batch_chunk` images: slices of the batched inputs, which are views, not copies."""
         if self.extra_inputs:
             inputs.update(self.extra_inputs)
-        return inputs
+        n = len(inputs[STEP_X if self.step_graph else SAMPLE])
+        chunk = self.batch_chunk
+        if chunk is None or n <= chunk:
+            return self.session.run([output], inputs)[0]
+        parts = [
+            self.session.run([output], {k: v[i:i + chunk] if k in BATCHED_INPUTS else v for k, v in inputs.items()})[0]
+            for i in range(0, n, chunk)
+        ]
+        return np.concatenate(parts)
 
     def run(self, sample: np.ndarray, timestep: np.ndarray, class_labels: np.ndarray | None = None) -> np.ndarray:
         if self.step_graph:  # F of the step graph, with x / 1 as the UNet's input
             inputs = step_feeds(sample, timestep, class_labels, self._unet_only, self._zeros_like(sample))
         else:
             inputs = feeds(sample, timestep, class_labels)
-        return self.session.run([self.output_name], self._feeds(inputs))[0]
+        return self._call(self.output_name, inputs)
 
     def run_step(self, x: np.ndarray, timestep: np.ndarray, class_labels: np.ndarray | None, coefs: np.ndarray,
                  noise_term: np.ndarray | None) -> np.ndarray:
@@ -202,7 +227,7 @@ class OnnxRuntimeBackend:
         if not self.step_graph:
             raise RuntimeError("this ONNX Runtime session runs a plain UNet graph, not a step graph; load with step_graph=True")
         term = self._zeros_like(x) if noise_term is None else noise_term
-        return self.session.run([STEP_OUTPUT], self._feeds(step_feeds(x, timestep, class_labels, coefs, term)))[0]
+        return self._call(STEP_OUTPUT, step_feeds(x, timestep, class_labels, coefs, term))
 
     def run_steps(self, sample: np.ndarray, timesteps: Sequence[np.ndarray], class_labels: np.ndarray | None,
                   coefs: np.ndarray, renoise: np.ndarray | None,
@@ -212,7 +237,8 @@ class OnnxRuntimeBackend:
 
     def warmup(self, batch_sizes: Sequence[int]) -> None:
         """One call per batch size, so that the first request does not pay for ONNX Runtime's
-        first-run allocations at its shape (one session: the step graph's calls are the same run)."""
+        first-run allocations at its shape (one session: the step graph's calls are the same run;
+        a batch over `batch_chunk` warms up the shapes of its calls)."""
         first = STEP_X if self.step_graph else SAMPLE
         shape = next(i.shape[1:] for i in self.session.get_inputs() if i.name == first)
         for b in batch_sizes:
