@@ -4,7 +4,8 @@ opens its CPU sessions without it.
 Run: .venv/bin/python -m benchmarks.ort_memory_pattern ENGINE_DIR [--batches 1 1 4 4 4]
 
 Each setting runs in its own new process (a peak, VmHWM, only grows): `cmrt.load(ENGINE_DIR,
-device="cpu")` with the session option as cmrt sets it (off) or turned on, then one generation
+device="cpu", batch_chunk=None)` (every batch in one call, so that each call is one shape's run)
+with the session option as cmrt sets it (off) or turned on, then one generation
 per batch size in --batches, printing the process's peak RSS after each and the call's time.
 With the pattern on, a shape's second call plans one block for its activations while the arena
 still holds the first call's, and the peak grows by a second set of activations.
@@ -44,7 +45,7 @@ def child(engine: str, pattern: bool, batches: list[int]) -> None:
     onnxruntime_backend.OnnxRuntimeBackend._options = options
     import cmrt
 
-    pipe = cmrt.load(engine, device="cpu")
+    pipe = cmrt.load(engine, device="cpu", batch_chunk=None)
     rows = [("load", round(peak_rss_mib()), None)]
     for b in batches:
         labels = None if pipe.num_classes is None else [i % pipe.num_classes for i in range(b)]
