@@ -145,17 +145,17 @@ def _build_onnx_folder(
     return out
 
 
-def _measure_cpu_batching(stage: Path, entry: dict, unet: dict, scheduler: dict, options: BuildOptions) -> dict:
-    """The batch per ONNX Runtime CPU call (cmrt/build/cpu_batching.py), measured on the graph the CPU
-    runs by default: the Winograd graph where the build kept it, else the plain fp32 graph."""
+def _measure_cpu_batching(stage: Path, entry: dict, unet: dict, scheduler: dict, options: BuildOptions) -> None:
+    """The batch per ONNX Runtime CPU call (cmrt/build/cpu_batching.py) of each fp32 graph the CPU may
+    run, as its record's `batching`: the plain graph, and the Winograd graph where the build kept it."""
     from ..engine.winograd_filters import mapped_filters
     from .cpu_batching import measure_batching
 
+    entry["batching"] = measure_batching(stage / entry["file"], None, unet, scheduler, options.opt_batch, options.max_batch)
     wino = entry.get("winograd")
     if wino and wino["used"]:
-        return measure_batching(stage / wino["file"], mapped_filters(stage, wino), unet, scheduler,
-                                options.opt_batch, options.max_batch)
-    return measure_batching(stage / entry["file"], None, unet, scheduler, options.opt_batch, options.max_batch)
+        wino["batching"] = measure_batching(stage / wino["file"], mapped_filters(stage, wino), unet, scheduler,
+                                            options.opt_batch, options.max_batch)
 
 
 def _export_folder(source: ModelSource, out: Path, options: BuildOptions, key: str) -> None:
@@ -208,7 +208,7 @@ def _export_folder(source: ModelSource, out: Path, options: BuildOptions, key: s
                 bar.update()
             if precision == "fp32":
                 bar.set_postfix_str("batching fp32")
-                entry["batching"] = _measure_cpu_batching(stage, entry, unet_facts, loaded.scheduler_config, options)
+                _measure_cpu_batching(stage, entry, unet_facts, loaded.scheduler_config, options)
                 bar.update()
             onnx_entries[precision] = entry
         manifest = {

@@ -32,6 +32,7 @@ def run(args) -> int:
         v = e["validation"]
         print(f"onnx {prec:<10} {e['file']}  opset {e['opset']}  max abs error vs PyTorch {v['max_abs_error']:.2e}")
         _print_step(e.get("step"))
+        _print_batching(e.get("batching"))
         w = e.get("winograd")
         if w:
             rw = w["rewrite"]
@@ -42,11 +43,7 @@ def run(args) -> int:
             err = f", max abs error vs PyTorch {w['validation']['max_abs_error']:.2e}" if "validation" in w and w["used"] else ""
             print(f"cpu winograd    {state}: {w['reason']}{err}")
             _print_step(w.get("step"))
-        b = e.get("batching")
-        if b:
-            per_image = ", ".join(f"{ms:.1f} ms at {n}" for n, ms in b.get("per_image_ms", {}).items())
-            chunk = f"{b['chunk']} image{'s' if b['chunk'] > 1 else ''} per call" if b["chunk"] else "the whole batch in one call"
-            print(f"cpu batching    {chunk} on {b['graph']}: {b['reason']}" + (f" (per image: {per_image})" if per_image else ""))
+            _print_batching(w.get("batching"))
     t = m.tensorrt
     if t:
         v, g, pr = t["validation"], t["gpu"], t["profile"]
@@ -67,3 +64,11 @@ def _print_step(step) -> None:
     """One line for a graph's step graph (cmrt/build/step_graph.py), where it has one."""
     if step:
         print(f"  step graph    {step['file']}  max abs error vs the numpy step {step['validation']['max_abs_error']:.2e}")
+
+
+def _print_batching(rec) -> None:
+    """One line for a CPU graph's measured batch per call (cmrt/build/cpu_batching.py), where it has one."""
+    if rec:
+        per_image = ", ".join(f"{ms:.1f} ms at {n}" for n, ms in rec.get("per_image_ms", {}).items())
+        chunk = f"{rec['chunk']} image{'s' if rec['chunk'] > 1 else ''} per call" if rec["chunk"] else "the whole batch per call"
+        print(f"  cpu batching  {chunk}: {rec['reason']}" + (f" (per image: {per_image})" if per_image else ""))

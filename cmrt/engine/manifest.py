@@ -290,13 +290,16 @@ class Manifest:
         (cmrt/build/cpu_batching.py), or None for the whole batch in one call: also for a graph the
         build did not measure, and for folders built before it did. A step graph has its UNet
         graph's figure, since the UNet is all of its work."""
-        rec = self.data["onnx"].get("fp32", {}).get("batching")
-        if not rec or rec["chunk"] is None:
+        entry = self.data["onnx"].get("fp32")
+        if entry is None or graph.parent != self.folder:
             return None
-        entry = self.data["onnx"]["fp32"]
-        steps = [entry.get("step"), (entry.get("winograd") or {}).get("step")]
+        wino = entry.get("winograd") or {}
+        steps = [entry.get("step"), wino.get("step")]
         unet_graph = next((s["from"] for s in steps if s and s["file"] == graph.name), graph.name)
-        return int(rec["chunk"]) if graph.parent == self.folder and unet_graph == rec["graph"] else None
+        for rec in (entry.get("batching"), wino.get("batching")):  # each graph's own (the schema checks it)
+            if rec and rec["graph"] == unet_graph:
+                return None if rec["chunk"] is None else int(rec["chunk"])
+        return None
 
     def io_spec(self, precision: str) -> dict[str, Any]:
         entry = self.onnx_entry(precision)

@@ -234,6 +234,8 @@ STEP = Obj({
     "outputs": ListOf(IO_TENSOR, 1, 2),
     "validation": VALIDATION,
 })
+# The batch per ONNX Runtime CPU call the build measured (cmrt/build/cpu_batching.py); its timings are unread.
+BATCHING = Obj({"graph": FileName, "chunk": Nullable(BatchSize)})
 WINOGRAD = Obj(
     {
         "used": Bool(),
@@ -249,8 +251,6 @@ WINOGRAD = Obj(
         "step": STEP,
     },
 )
-# The batch per ONNX Runtime CPU call the build measured (cmrt/build/cpu_batching.py); its timings are unread.
-BATCHING = Obj({"graph": FileName, "chunk": Nullable(BatchSize)})
 ONNX_ENTRY = Obj(
     {
         "file": FileName,
@@ -367,12 +367,13 @@ def _check_relations(data: Mapping[str, Any]) -> None:
             if entry[side] != want[side]:
                 raise SchemaError(f"onnx.{precision}.{side}", "differ from the I/O of the UNet described in `unet`")
         wino = entry.get("winograd")
-        batching = entry.get("batching")
-        if batching:
-            graphs = [entry["file"]] + ([wino["file"]] if wino and wino["used"] else [])
-            if precision != "fp32" or batching["graph"] not in graphs:
-                raise SchemaError(f"onnx.{precision}.batching.graph", f"must name one of the CPU's fp32 graphs {graphs}"
-                                  if precision == "fp32" else "only the fp32 graph's batching is measured")
+        measured = [(f"onnx.{precision}.batching", entry.get("batching"), entry["file"])]
+        if wino:
+            measured.append((f"onnx.{precision}.winograd.batching", wino.get("batching"), wino["file"] if wino["used"] else None))
+        for where, rec, graph in measured:  # each graph's record of its own batching, fp32 only
+            if rec and (precision != "fp32" or rec["graph"] != graph):
+                raise SchemaError(f"{where}.graph", f"must name its own graph, {graph}" if precision == "fp32" and graph
+                                  else "only the fp32 graphs the CPU runs have a measured batching")
         if not wino:
             continue
         if precision != "fp32":

@@ -73,7 +73,8 @@ def test_a_folder_of_batch_one_is_not_timed(monkeypatch, tmp_path):
 
 
 def test_the_build_records_a_measurement_the_runtime_reads(small_models):
-    """The small models' folders: a real timing of their plain graph (the Winograd one was dropped)."""
+    """The small models' folders: a real timing of their plain graph, the only one they keep (their
+    Winograd graph is dropped; tests/build/test_winograd.py has a folder that keeps it)."""
     from cmrt.engine.manifest import read_manifest
 
     m = read_manifest(small_models["cond"][1])
@@ -82,3 +83,4 @@ def test_the_build_records_a_measurement_the_runtime_reads(small_models):
     assert rec["chunk"] is None or rec["chunk"] in (1, 2, 4)
     assert set(rec["per_image_ms"]) >= {"1", "2"} and all(ms > 0 for ms in rec["per_image_ms"].values())
     assert m.batch_chunk(m.onnx_path("fp32")) == rec["chunk"]
+    assert "batching" not in m.winograd

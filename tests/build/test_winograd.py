@@ -219,6 +219,9 @@ def test_always_keeps_a_validated_winograd_graph_that_shares_the_weights(wide_mo
     assert (m.folder / rec["file"]).stat().st_size < 1_000_000  # graph only: no second copy of the weights
     assert m.cpu_graph("fp32")[0] == m.folder / rec["file"]
     assert m.cpu_graph("fp32", winograd=False)[0] == m.onnx_path("fp32")
+    # each CPU graph has its own measured batch per call (cmrt/build/cpu_batching.py)
+    assert rec["batching"]["graph"] == rec["file"] and m.onnx_entry("fp32")["batching"]["graph"] == m.onnx_path("fp32").name
+    assert m.batch_chunk(m.folder / rec["file"]) == rec["batching"]["chunk"]
 
 
 def test_a_weight_file_that_does_not_match_the_manifest_is_refused(wide_model, tmp_path):

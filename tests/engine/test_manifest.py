@@ -61,20 +61,23 @@ def test_truncated_missing_and_foreign_folders(small_models, tmp_path):
 
 
 def test_the_batch_chunk_is_read_for_the_graph_it_was_measured_on(small_models):
-    """The measured chunk applies to its graph and that graph's step graph, never to another graph;
-    a folder built before the measurement existed runs the whole batch in one call."""
+    """Each CPU graph has its own measured chunk, which its step graph shares; a graph without a
+    record (a folder built before the measurement) runs the whole batch in one call."""
     from dataclasses import replace
 
     m = read_manifest(small_models["cond"][1])
-    data = {**m.data, "onnx": {"fp32": {**m.data["onnx"]["fp32"]}}}
-    e = data["onnx"]["fp32"]
-    e["batching"] = {**e["batching"], "chunk": 2, "graph": e["file"]}
-    measured = replace(m, data=data)
+    e = {**m.data["onnx"]["fp32"]}
+    w = e["winograd"] = {**e["winograd"], "used": True, "step": {**e["step"], "file": "w.step.onnx", "from": e["winograd"]["file"]}}
+    e["batching"] = {**e["batching"], "chunk": 2}
+    w["batching"] = {"graph": w["file"], "chunk": 1}
+    measured = replace(m, data={**m.data, "onnx": {"fp32": e}})
     assert measured.batch_chunk(m.folder / e["file"]) == 2
     assert measured.batch_chunk(m.folder / e["step"]["file"]) == 2
-    assert measured.batch_chunk(m.folder / e["winograd"]["file"]) is None  # another graph: not measured
+    assert measured.batch_chunk(m.folder / w["file"]) == 1
+    assert measured.batch_chunk(m.folder / "w.step.onnx") == 1
+    assert measured.batch_chunk(m.folder / "unet.fp16.onnx") is None  # no record: one call
     assert measured.batch_chunk(m.folder.parent / e["file"]) is None  # a file of another folder
     e["batching"] = {**e["batching"], "chunk": None}
     assert measured.batch_chunk(m.folder / e["file"]) is None
-    del e["batching"]
-    assert measured.batch_chunk(m.folder / e["file"]) is None
+    del e["batching"], w["batching"]
+    assert measured.batch_chunk(m.folder / e["file"]) is None and measured.batch_chunk(m.folder / w["file"]) is None

@@ -324,7 +324,9 @@ SCHEMA_CASES = {
     "batching-chunk-str": _set("onnx.fp32.batching.chunk", "1"),
     "batching-chunk-huge": _set("onnx.fp32.batching.chunk", 10**9),
     "batching-graph-not-a-graph": _set("onnx.fp32.batching.graph", "unet.fp32.onnx.data"),
-    "batching-graph-dropped-winograd": lambda d: d["onnx"]["fp32"]["batching"].update(graph=d["onnx"]["fp32"]["winograd"]["file"]),
+    "batching-graph-another-graph": lambda d: d["onnx"]["fp32"]["batching"].update(graph=d["onnx"]["fp32"]["winograd"]["file"]),
+    "batching-of-a-dropped-winograd-graph": lambda d: d["onnx"]["fp32"]["winograd"].update(
+        batching={"graph": d["onnx"]["fp32"]["winograd"]["file"], "chunk": 1}),
     "many-files": lambda d: d["files"].update({f"f{i}": {"sha256": "0" * 64, "bytes": 1} for i in range(100)}),
     "long-name": lambda d: d["files"].update({"a" * 300: {"sha256": "0" * 64, "bytes": 1}}),
     "sha-short": _set("files.unet.fp32.onnx.sha256", "abc"),
