@@ -17,7 +17,7 @@ from ..engine.io_spec import CLASS_LABELS, SAMPLE, TIMESTEP
 TIMING_BUDGET_S = 2.0  # per case, beyond the first TIMING_RUNS[0] calls
 TIMING_RUNS = (3, 15)  # at least, at most
 # Idle time before each timed call, so that the previous call's spinning worker threads go quiet:
-# this long at most, and no longer than twice the case's own call (a small model's calls are short).
+# this long at most, and no longer than twice the case's warm-up call (a small model's calls are short).
 SETTLE_S = 0.1
 
 Case = tuple[Path, "dict[str, np.ndarray] | None", "dict[str, np.ndarray]"]  # graph, constant inputs, feeds
@@ -38,9 +38,8 @@ def median_run_ms(cases: list[Case]) -> list[tuple[float, int]]:
     runs = [(sessions[graph], (feeds[SAMPLE], feeds[TIMESTEP], feeds.get(CLASS_LABELS))) for graph, _, feeds in cases]
     settle = []
     for backend, args in runs:
-        backend.run(*args)  # warm-up: first-call allocations at this shape
         t = time.perf_counter()
-        backend.run(*args)
+        backend.run(*args)  # warm-up: first-call allocations at this shape
         settle.append(min(SETTLE_S, 2 * (time.perf_counter() - t)))
     times: list[list[float]] = [[] for _ in runs]
     lo, hi = TIMING_RUNS
