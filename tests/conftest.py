@@ -70,10 +70,12 @@ def small_models(tmp_path_factory):
     Built in the default `--winograd auto` mode, so that their manifests carry a Winograd record
     (timings, filters), but with the Winograd graph always dropped: on models this small the
     build's timing of the two graphs is noise, and the tests must not depend on which graph won.
-    Tests that need the Winograd graph build their own with `winograd="always"`.
+    Tests that need the Winograd graph build their own with `winograd="always"`. The same holds
+    for the measured batch per CPU call: every batch runs in one call, whatever the timing said
+    (tests that split a batch ask for it with `cmrt.load(..., batch_chunk=N)`).
     """
     pytest.importorskip("torch")
-    from cmrt.build import cpu_graph
+    from cmrt.build import cpu_batching, cpu_graph
     from cmrt.build.folder import build_engine_folder
     from cmrt.engine.options import BuildOptions
 
@@ -83,6 +85,7 @@ def small_models(tmp_path_factory):
     out = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(cpu_graph, "MIN_GAIN", 0.99)  # kept only if 100x faster: never
+        mp.setattr(cpu_batching, "MIN_BATCH_GAIN", -1.0)  # a doubling pays unless twice as slow per image: always
         for name, conditional in (("cond", True), ("uncond", False)):
             folder = save_small_model(root / f"{name}-model", conditional, "scale_shift")
             engine = build_engine_folder(

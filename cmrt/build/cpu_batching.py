@@ -35,9 +35,10 @@ def candidate_batches(opt_batch: int, max_batch: int) -> list[int]:
     return sizes
 
 
-def choose_chunk(per_image_ms: dict[int, float], min_gain: float = MIN_BATCH_GAIN) -> int | None:
-    """The largest batch b whose double is not at least `min_gain` faster per image, walking up from
-    the smallest; None when every doubling pays (the whole batch in one call)."""
+def choose_chunk(per_image_ms: dict[int, float], min_gain: float | None = None) -> int | None:
+    """The largest batch b whose double is not at least `min_gain` (default MIN_BATCH_GAIN) faster per
+    image, walking up from the smallest; None when every doubling pays (the whole batch in one call)."""
+    min_gain = MIN_BATCH_GAIN if min_gain is None else min_gain
     sizes = sorted(per_image_ms)
     for b, twice in zip(sizes, sizes[1:]):
         if per_image_ms[twice] > (1 - min_gain) * per_image_ms[b]:

@@ -80,7 +80,7 @@ def test_the_build_records_a_measurement_the_runtime_reads(small_models):
     m = read_manifest(small_models["cond"][1])
     rec = m.onnx_entry("fp32")["batching"]
     assert rec["graph"] == "unet.fp32.onnx"
-    assert rec["chunk"] is None or rec["chunk"] in (1, 2, 4)
+    assert rec["chunk"] is None  # the fixture's builds count every doubling as paying (tests/conftest.py)
     assert set(rec["per_image_ms"]) >= {"1", "2"} and all(ms > 0 for ms in rec["per_image_ms"].values())
     assert m.batch_chunk(m.onnx_path("fp32")) == rec["chunk"]
     assert "batching" not in m.winograd

@@ -204,14 +204,14 @@ class OnnxRuntimeBackend:
         `batch_chunk` images: slices of the batched inputs, which are views, not copies."""
         if self.extra_inputs:
             inputs.update(self.extra_inputs)
-        n = len(inputs[STEP_X if self.step_graph else SAMPLE])
-        chunk = self.batch_chunk
-        if chunk is None or n <= chunk:
+        calls = self.call_batches(len(inputs[STEP_X if self.step_graph else SAMPLE]))
+        if len(calls) == 1:
             return self.session.run([output], inputs)[0]
-        parts = [
-            self.session.run([output], {k: v[i:i + chunk] if k in BATCHED_INPUTS else v for k, v in inputs.items()})[0]
-            for i in range(0, n, chunk)
-        ]
+        parts, start = [], 0
+        for n in calls:
+            parts.append(self.session.run([output], {k: v[start:start + n] if k in BATCHED_INPUTS else v
+                                                     for k, v in inputs.items()})[0])
+            start += n
         return np.concatenate(parts)
 
     def run(self, sample: np.ndarray, timestep: np.ndarray, class_labels: np.ndarray | None = None) -> np.ndarray:
@@ -235,13 +235,21 @@ class OnnxRuntimeBackend:
         """Every step of a generation through the step graph (the pipeline's loop when `step_graph`)."""
         return through_step_graph(self.run_step, sample, timesteps, class_labels, coefs, renoise, on_step)
 
+    def call_batches(self, batch: int) -> list[int]:
+        """The batch of each session call that a batch of `batch` images runs as (`batch_chunk`)."""
+        chunk = self.batch_chunk
+        if chunk is None or batch <= chunk:
+            return [batch]
+        return [min(chunk, batch - i) for i in range(0, batch, chunk)]
+
     def warmup(self, batch_sizes: Sequence[int]) -> None:
-        """One call per batch size, so that the first request does not pay for ONNX Runtime's
-        first-run allocations at its shape (one session: the step graph's calls are the same run;
-        a batch over `batch_chunk` warms up the shapes of its calls)."""
+        """One call per shape the batch sizes' calls run at, so that the first request does not pay
+        for ONNX Runtime's first-run allocations at its shape (one session: the step graph's calls
+        are the same run; with a `batch_chunk`, batches over it share the chunk's shape)."""
         first = STEP_X if self.step_graph else SAMPLE
         shape = next(i.shape[1:] for i in self.session.get_inputs() if i.name == first)
-        for b in batch_sizes:
+        shapes = dict.fromkeys(n for b in batch_sizes for n in self.call_batches(b))  # in order, once each
+        for b in shapes:
             x = np.zeros((b, *shape), dtype=np.float32)
             labels = np.zeros(b, dtype=np.int64) if self.conditional else None
             t = np.zeros(b, dtype=np.float32)

@@ -80,3 +80,17 @@ def test_a_bad_batch_chunk_is_refused_before_the_backend_opens(small_models, bad
     monkeypatch.setattr(loading, "select_backend", never)
     with pytest.raises(ValueError, match="batch_chunk must be an integer >= 1"):
         cmrt.load(small_models["cond"][1], device="cpu", batch_chunk=bad)
+
+
+def test_warmup_runs_each_shape_the_batches_call_at_once(small_models):
+    """With a chunk of 2, batches 1, 4 and 5 call at batch 1 and 2 only: two warm-up calls."""
+    import cmrt
+
+    pipe = cmrt.load(small_models["cond"][1], device="cpu", batch_chunk=2)
+    assert [pipe.backend.call_batches(b) for b in (1, 2, 4, 5)] == [[1], [2], [2, 2], [2, 2, 1]]
+    batches: list = []
+    pipe.backend.session = _CountingSession(pipe.backend.session, batches)
+    pipe.warmup([1, 4, 5])
+    assert batches == [1, 2]
+    whole = cmrt.load(small_models["cond"][1], device="cpu", batch_chunk=None).backend
+    assert whole.call_batches(5) == [5]
