@@ -113,6 +113,10 @@ def make_systems(folder: Path, engine: Path, args, notes: list[str]):
     wino = systems[-1].pipe.manifest.winograd
     if wino:
         notes.append(f"cmrt onnxruntime cpu runs the {'Winograd' if wino['used'] else 'plain'} fp32 graph: {wino['reason']} (at build)")
+    chunk = getattr(systems[-1].pipe.backend, "batch_chunk", None)
+    if chunk is not None:
+        notes.append(f"cmrt onnxruntime cpu runs at most {chunk} image{'s' if chunk > 1 else ''} per ONNX Runtime call, "
+                     "as the build measured (a larger batch runs as consecutive calls; docs/engine-folder.md#cpu-batching)")
     if wino and wino["used"]:  # show what the Winograd graph buys: the same backend on the plain graph
         systems.append(CmrtSystem(str(engine), backend="onnxruntime", device="cpu", winograd=False,
                                   name="cmrt onnxruntime cpu, plain graph"))
