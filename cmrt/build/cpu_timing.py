@@ -23,15 +23,20 @@ SETTLE_S = 0.1
 Case = tuple[Path, "dict[str, np.ndarray] | None", "dict[str, np.ndarray]"]  # graph, constant inputs, feeds
 
 
-def median_run_ms(cases: list[Case]) -> list[tuple[float, int]]:
+def median_run_ms(cases: list[Case], sessions: dict | None = None) -> list[tuple[float, int]]:
     """Median wall time of one ONNX Runtime CPU call per case (a graph, the constant inputs it is fed
     besides the UNet's, and the UNet's feeds), with the runtime's own session settings:
-    (median ms, calls timed) per case. Cases on the same graph share one session, as at run time."""
+    (median ms, calls timed) per case. Cases on the same graph share one session, as at run time.
+
+    `sessions`: a caller's dict of open sessions by graph, used and filled, so that a caller timing
+    one graph in several rounds opens it once (and closes it by dropping the dict); without it the
+    sessions are closed before this returns."""
     from ..runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
     if not cases:
         raise ValueError("median_run_ms needs at least one case")
-    sessions: dict[Path, OnnxRuntimeBackend] = {}
+    owned = sessions is None
+    sessions = {} if owned else sessions
     for graph, extra, _ in cases:
         if graph not in sessions:
             sessions[graph] = OnnxRuntimeBackend(graph, extra_inputs=extra)
@@ -50,6 +55,8 @@ def median_run_ms(cases: list[Case]) -> list[tuple[float, int]]:
             t = time.perf_counter()
             backend.run(*args)
             own.append(time.perf_counter() - t)
-    del runs, sessions
-    gc.collect()
+    del runs
+    if owned:
+        sessions.clear()
+        gc.collect()
     return [(float(np.median(t) * 1e3), len(t)) for t in times]

@@ -33,7 +33,7 @@ def test_the_chunk_is_the_last_batch_before_the_time_per_image_stops_falling():
 
 def _fake_timing(ms_per_call: dict[int, float], calls: list):
     """median_run_ms as if a call at batch b took ms_per_call[b]."""
-    def median_run_ms(cases):
+    def median_run_ms(cases, sessions=None):
         calls.append([len(feeds["sample"]) for _, _, feeds in cases])
         return [(ms_per_call[len(feeds["sample"])], 3) for _, _, feeds in cases]
     return median_run_ms

@@ -29,6 +29,10 @@ def test_cases_on_one_graph_share_a_session_and_each_gets_its_median(small_model
     assert opened == [graph]
     assert [n for _, n in results] == [cpu_timing.TIMING_RUNS[0]] * 2
     assert all(ms > 0 for ms, _ in results)
+    sessions: dict = {}  # a caller's sessions: one opening over several rounds
+    for _ in range(2):
+        cpu_timing.median_run_ms(cases[:1], sessions)
+    assert opened == [graph, graph] and list(sessions) == [graph]
 
 
 def test_no_case_is_an_error():
