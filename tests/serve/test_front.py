@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -184,6 +185,22 @@ def _dead_pid() -> int:
     return p.pid
 
 
+def _started(argv: list[str]) -> subprocess.Popen:
+    """A process whose command line is `argv`, returned once /proc shows that command line.
+
+    Popen returns when the child's exec has closed its close-on-exec pipe, which the kernel does
+    before it has set up the new program's arguments: for a moment /proc/<pid>/cmdline is empty.
+    """
+    p = subprocess.Popen(argv)
+    deadline = time.monotonic() + 30
+    while argv[-1] not in Path(f"/proc/{p.pid}/cmdline").read_bytes().decode(errors="replace"):
+        if p.poll() is not None or time.monotonic() > deadline:
+            p.kill()
+            raise AssertionError(f"the holder process never showed its command line (exit {p.poll()})")
+        time.sleep(0.01)
+    return p
+
+
 def test_owner_alive():
     assert leftovers.owner_alive(os.getpid(), time.time())
     assert not leftovers.owner_alive(os.getpid(), time.time() - 3600)  # a pid that started after the file: reused
@@ -196,7 +213,7 @@ def test_remove_stale_removes_only_the_dead_ones(tmp_path):
     shm.mkdir()
     dead, me = _dead_pid(), os.getpid()
     named = tmp / f"cmrt-serve-{dead}-named"
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(named), f"cmrt-{dead}-0000beef-"])
+    holder = _started([sys.executable, "-c", "import time; time.sleep(60)", str(named), f"cmrt-{dead}-0000beef-"])
     try:
         for d in (f"cmrt-serve-{dead}-abcd", f"cmrt-serve-{me}-abcd", named.name, "cmrt-serve-oldstyle", "other"):
             (tmp / d).mkdir()
