@@ -1,7 +1,8 @@
 """Winograd filters transformed inside the graph at every call, against the stored transformed filters:
 latency and peak RSS of the same engine folder's Winograd CPU graph.
 
-Run: .venv/bin/python -m benchmarks.winograd_filters_per_call ENGINE_DIR [--batch 1] [--runs 5] [--rounds 2] [--no-arena]
+Run: .venv/bin/python -m benchmarks.winograd_filters_per_call ENGINE_DIR [--batch 1] [--runs 5] [--rounds 2]
+     [--modes stored kron kron-f4] [--chunk-mib 0] [--no-arena]
 
 Why: a folder stores the transformed filters U = G W G^T (cmrt/engine/winograd_filters.py), which
 hold 36/9 (F(4x4)) or 16/9 (F(2x2)) of the bytes of the 3x3 weights they replace; that is most of
@@ -13,11 +14,18 @@ Graphs (each made in a temporary folder beside the folder, with a hard link to i
 folder is not touched):
 - `stored`: the folder's Winograd graph as `cmrt.load` runs it, U mapped from the filters file.
 - `kron`: each U input replaced by a 3x3-weight input stored tap-major ([9, K*C], mapped from a
-  file this script writes) and one MatMul by the [alpha^2, 9] Kronecker basis, placed just before
-  the GEMM that reads U.
-- `separable`: the same weights as [3, 3*K*C] and G W G^T as two MatMuls by G ([alpha, 3]).
+  file this script writes) and one MatMul by the [alpha^2, 9] Kronecker basis, where the GEMM
+  that reads U was. With `--chunk-mib`, U is made and multiplied in parts along its output
+  channels (a [9, Kc*C] input each, their products joined by a Concat), so that each part is
+  small enough to come back from the cache instead of memory and the arena never holds a big one.
+- `kron-f4`: the same for the F(4x4) filters only, the F(2x2) ones stored. Per (input, output)
+  channel pair the transform costs the same 648 multiply-adds for either tile, while F(4x4) gives
+  back 27 floats of filter and F(2x2) 7.
 
-`--no-arena` runs the per-call graphs without ONNX Runtime's CPU arena and memory pattern, so that
+Every graph runs in cmrt's ONNX Runtime CPU backend, with its session options, opened from the
+graph itself (not from the optimized-graph cache that `cmrt.load` opens, so the peaks are above a
+load's; the differences between the graphs are what this measures).
+`--no-arena` runs the per-call graphs without ONNX Runtime's CPU arena, so that
 each U goes back to the system once its GEMM has read it (the arena keeps what it grew to).
 
 Each graph runs in its own new process (peak RSS, VmHWM, only grows), processes alternated over
@@ -39,9 +47,10 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.latency.coldstart import peak_rss_bytes
+from cmrt.engine.winograd import tile_of
 
 REPO = Path(__file__).resolve().parents[1]
-MODES = ("stored", "kron", "separable")
+MODES = ("stored", "kron", "kron-f4")
 
 
 def _winograd_record(engine: Path) -> dict:
@@ -53,17 +62,29 @@ def _winograd_record(engine: Path) -> dict:
     return rec
 
 
-def _per_call_graph(engine: Path, rec: dict, mode: str, work: Path) -> Path:
-    """The folder's Winograd graph with each U input computed in the graph from tap-major 3x3 weights."""
+def _chunks(f: dict, chunk_bytes: int) -> list[tuple[int, int]]:
+    """[k0, k1) output-channel ranges of a filter whose U each take at most `chunk_bytes` (one when 0)."""
+    k, c = f["shape"][:2]
+    per_k = tile_of(f).filter_values() * c * 4
+    n = 1 if not chunk_bytes else max(1, min(k, -(-k * per_k // chunk_bytes)))
+    bounds = [i * k // n for i in range(n + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _per_call(rec: dict, mode: str) -> list[dict]:
+    """The filters `mode` transforms at each call (the others stay stored)."""
+    return [f for f in rec["filters"] if mode == "kron" or (mode == "kron-f4" and tile_of(f).m == 4)]
+
+
+def _per_call_graph(engine: Path, rec: dict, mode: str, work: Path, chunk_bytes: int) -> Path:
+    """The folder's Winograd graph with the U inputs of `mode`'s filters computed in the graph."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from cmrt.engine.winograd import tile_of
-
     model = onnx.load(str(engine / rec["file"]), load_external_data=False)
     g = model.graph
-    filters = {f["input"]: f for f in rec["filters"]}
-    made: dict[str, list] = {}  # U name -> the nodes that compute it
+    filters = {f["input"]: f for f in _per_call(rec, mode)}
+    made: dict[str, list] = {}  # U name -> the nodes that replace the GEMM reading it
     consts: set[str] = set()
 
     def const(name: str, value) -> str:
@@ -72,37 +93,34 @@ def _per_call_graph(engine: Path, rec: dict, mode: str, work: Path) -> Path:
             consts.add(name)
         return name
 
+    gemm = {n.input[0]: n for n in g.node if n.op_type == "MatMul" and n.input[0] in filters}
     for name, f in filters.items():
-        k, c = f["shape"][:2]
+        c = f["shape"][1]
         tile = tile_of(f)
-        a = tile.alpha
-        u_shape = const(f"{name}/u_shape", np.array([a * a, k, c], np.int64))
-        if mode == "kron":
-            basis = const(f"per_call/F{tile.m}/kron", tile.filter_basis_matrix().astype(np.float32))
-            g.input.append(helper.make_tensor_value_info(f"{name}/W_taps", TensorProto.FLOAT, [9, k * c]))
-            made[name] = [
-                helper.make_node("MatMul", [basis, f"{name}/W_taps"], [f"{name}/U_flat"], name=f"{name}/per_call/MatMul"),
+        basis = const(f"per_call/F{tile.m}/kron", tile.filter_basis_matrix().astype(np.float32))
+        nodes, parts = [], []
+        for j, (k0, k1) in enumerate(_chunks(f, chunk_bytes)):
+            taps, u = f"{name}/W_taps/{j}", f"{name}/{j}"
+            g.input.append(helper.make_tensor_value_info(taps, TensorProto.FLOAT, [9, (k1 - k0) * c]))
+            shape = const(f"{name}/u_shape/{j}", np.array([tile.filter_values(), k1 - k0, c], np.int64))
+            nodes += [
+                helper.make_node("MatMul", [basis, taps], [f"{u}/flat"], name=f"{u}/per_call/transform"),
+                helper.make_node("Reshape", [f"{u}/flat", shape], [u], name=f"{u}/per_call/Reshape"),
+                helper.make_node("MatMul", [u, gemm[name].input[1]], [f"{u}/M"], name=f"{u}/per_call/MatMul"),
             ]
-        else:
-            basis = const(f"per_call/F{tile.m}/G", tile.G.astype(np.float32))
-            rows = const(f"{name}/rows_shape", np.array([a, 3, k * c], np.int64))
-            g.input.append(helper.make_tensor_value_info(f"{name}/W_taps", TensorProto.FLOAT, [3, 3 * k * c]))
-            made[name] = [
-                helper.make_node("MatMul", [basis, f"{name}/W_taps"], [f"{name}/GW"], name=f"{name}/per_call/MatMul_rows"),
-                helper.make_node("Reshape", [f"{name}/GW", rows], [f"{name}/GW_rows"], name=f"{name}/per_call/Reshape_rows"),
-                helper.make_node("MatMul", [basis, f"{name}/GW_rows"], [f"{name}/U_flat"], name=f"{name}/per_call/MatMul_cols"),
-            ]
-        made[name].append(helper.make_node("Reshape", [f"{name}/U_flat", u_shape], [name], name=f"{name}/per_call/Reshape"))
+            parts.append(f"{u}/M")
+        # M is [N, alpha^2, K, tiles]: the chunks' products side by side along K
+        nodes.append(helper.make_node("Concat", parts, list(gemm[name].output), axis=2, name=f"{name}/per_call/Concat")
+                     if len(parts) > 1 else helper.make_node("Identity", parts, list(gemm[name].output), name=f"{name}/per_call/M"))
+        made[name] = nodes
     kept_inputs = [i for i in g.input if i.name not in filters]
     g.ClearField("input")
     g.input.extend(kept_inputs)
     nodes = []
-    for node in g.node:  # each U computed just before the node that reads it, so only one is alive at a time
-        for i in node.input:
-            nodes.extend(made.pop(i, []))
-        nodes.append(node)
+    for node in g.node:  # each U computed where its GEMM was, so that only one is alive at a time
+        nodes.extend(made.pop(node.input[0], [node]) if node.op_type == "MatMul" and node.input else [node])
     if made:
-        raise SystemExit(f"{engine}: no node reads the Winograd filters {sorted(made)[:3]}")
+        raise SystemExit(f"{engine}: no MatMul reads the Winograd filters {sorted(made)[:3]}")
     g.ClearField("node")
     g.node.extend(nodes)
     out = work / f"per_call.{mode}.onnx"
@@ -110,54 +128,66 @@ def _per_call_graph(engine: Path, rec: dict, mode: str, work: Path) -> Path:
     return out
 
 
-def _tap_major_weights(engine: Path, rec: dict, work: Path) -> Path:
-    """Every rewritten Conv's 3x3 weights as [9, K*C] (tap-major), one after the other, in one file."""
-    path = work / "weights.taps"
-    with open(path, "wb") as f:
-        for flt in rec["filters"]:
-            k, c = flt["shape"][:2]
-            w = np.memmap(engine / rec["weights_file"], dtype=np.float32, mode="r", offset=flt["offset"], shape=(k * c, 9))
-            f.write(np.ascontiguousarray(w.T).tobytes())
+def _tap_major_weights(engine: Path, rec: dict, work: Path, chunk_bytes: int) -> None:
+    """Each filter's 3x3 weights as [9, Kc*C] (tap-major) per output-channel chunk, one after the other."""
+    with open(work / "weights.taps", "wb") as out:
+        for f in rec["filters"]:
+            k, c = f["shape"][:2]
+            w = np.memmap(engine / rec["weights_file"], dtype=np.float32, mode="r", offset=f["offset"], shape=(k, c, 9))
+            for k0, k1 in _chunks(f, chunk_bytes):
+                out.write(np.ascontiguousarray(w[k0:k1].reshape(-1, 9).T).tobytes())
             del w
-    return path
 
 
-def _inputs(sess, batch: int) -> dict:
-    rng = np.random.default_rng(0)
-    chw = next(i.shape[1:] for i in sess.get_inputs() if i.name == "sample")
-    feeds = {"sample": rng.standard_normal((batch, *chw)).astype(np.float32), "timestep": np.full((batch,), 0.5, np.float32)}
-    if "class_labels" in {i.name for i in sess.get_inputs()}:
-        feeds["class_labels"] = np.arange(batch, dtype=np.int64)
+def _feeds(engine: Path, rec: dict, mode: str, work: Path, chunk_bytes: int) -> dict:
+    """What the graph of `mode` takes besides the sample: stored U, and per-chunk tap-major weights."""
+    from cmrt.engine.winograd_filters import mapped_filters
+
+    stored = mapped_filters(engine, rec)
+    if mode == "stored":
+        return stored
+    per_call = {f["input"] for f in _per_call(rec, mode)}
+    feeds = {name: u for name, u in stored.items() if name not in per_call}
+    taps = np.memmap(work / "weights.taps", dtype=np.float32, mode="r")
+    at = 0
+    for f in rec["filters"]:
+        c = f["shape"][1]
+        for j, (k0, k1) in enumerate(_chunks(f, chunk_bytes)):
+            n = 9 * (k1 - k0) * c
+            if f["input"] in per_call:
+                feeds[f"{f['input']}/W_taps/{j}"] = taps[at : at + n].reshape(9, -1)
+            at += n
     return feeds
 
 
-def child(engine: Path, mode: str, work: Path, batch: int, runs: int, arena: bool) -> None:
+def _backend(graph: Path, feeds: dict, arena: bool):
+    """The graph in cmrt's ONNX Runtime CPU backend (its session options), optionally without the arena."""
+    from cmrt.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    class WithoutArena(OnnxRuntimeBackend):
+        def _options(self, ort, optimize: bool):
+            so = super()._options(ort, optimize)
+            so.enable_cpu_mem_arena = False
+            return so
+
+    return (OnnxRuntimeBackend if arena else WithoutArena)(graph, extra_inputs=feeds)
+
+
+def child(engine: Path, mode: str, work: Path, batch: int, runs: int, arena: bool, chunk_bytes: int) -> None:
     """One graph in this (new) process: prints JSON {ms: median, peak_mib, out: where its output went}."""
-    import onnxruntime as ort
-
-    from cmrt.engine.winograd_filters import mapped_filters
-
     rec = _winograd_record(engine)
-    if mode == "stored":
-        graph, feeds = engine / rec["file"], dict(mapped_filters(engine, rec))
-    else:
-        graph = work / f"per_call.{mode}.onnx"
-        taps = np.memmap(work / "weights.taps", dtype=np.float32, mode="r")
-        feeds, at = {}, 0
-        for f in rec["filters"]:
-            n = 9 * f["shape"][0] * f["shape"][1]
-            feeds[f"{f['input']}/W_taps"] = taps[at : at + n].reshape((9, -1) if mode == "kron" else (3, -1))
-            at += n
-    options = ort.SessionOptions()
-    if mode != "stored" and not arena:
-        options.enable_cpu_mem_arena = False
-        options.enable_mem_pattern = False
-    sess = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
-    feeds.update(_inputs(sess, batch))
+    graph = engine / rec["file"] if mode == "stored" else work / f"per_call.{mode}.onnx"
+    feeds = _feeds(engine, rec, mode, work, chunk_bytes)
+    backend = _backend(graph, feeds, arena=arena or mode == "stored")
+    shape = next(i.shape for i in backend.session.get_inputs() if i.name == "sample")
+    rng = np.random.default_rng(0)
+    sample = rng.standard_normal((batch, *shape[1:])).astype(np.float32)
+    timestep = np.full((batch,), 0.5, np.float32)
+    labels = np.arange(batch, dtype=np.int64) if backend.conditional else None
     times = []
     for _ in range(runs + 1):
         t0 = time.perf_counter()
-        y = sess.run(None, feeds)[0]
+        y = backend.run(sample, timestep, labels)
         times.append((time.perf_counter() - t0) * 1e3)
     out = work / f"out.{mode}.npy"
     np.save(out, y)
@@ -171,14 +201,17 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    p.add_argument("--chunk-mib", type=float, default=0.0,
+                   help="split each per-call U along its output channels into parts of at most this many MiB (0: whole)")
     p.add_argument("--no-arena", action="store_true", help="per-call graphs without ONNX Runtime's CPU arena")
     p.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.batch < 1 or args.runs < 1 or args.rounds < 1:
-        p.error("--batch, --runs and --rounds must be at least 1")
+    chunk_bytes = int(args.chunk_mib * 2**20)
+    if args.batch < 1 or args.runs < 1 or args.rounds < 1 or args.chunk_mib < 0:
+        p.error("--batch, --runs and --rounds must be at least 1, --chunk-mib at least 0")
     if args.child:
-        child(args.engine, args.child, args.work, args.batch, args.runs, arena=not args.no_arena)
+        child(args.engine, args.child, args.work, args.batch, args.runs, arena=not args.no_arena, chunk_bytes=chunk_bytes)
         return 0
     rec = _winograd_record(args.engine)
     modes = ["stored"] + [m for m in args.modes if m != "stored"]
@@ -187,15 +220,15 @@ def main(argv=None) -> int:
         work = Path(tmp)
         if len(modes) > 1:  # the graphs' other weights: the folder's weight file, hard-linked (ONNX Runtime refuses a symlink out)
             os.link(args.engine / rec["weights_file"], work / rec["weights_file"])
-            _tap_major_weights(args.engine, rec, work)
+            _tap_major_weights(args.engine, rec, work, chunk_bytes)
         for mode in modes[1:]:
-            _per_call_graph(args.engine, rec, mode, work)
+            _per_call_graph(args.engine, rec, mode, work, chunk_bytes)
         got: dict[str, list[dict]] = {m: [] for m in modes}
         for _ in range(args.rounds):
             for mode in modes:
                 r = subprocess.run(
                     [sys.executable, "-m", "benchmarks.winograd_filters_per_call", str(args.engine), "--child", mode, "--work", str(work),
-                     "--batch", str(args.batch), "--runs", str(args.runs)] + (["--no-arena"] if args.no_arena else []), capture_output=True, text=True, env=env, cwd=REPO)
+                     "--batch", str(args.batch), "--runs", str(args.runs), "--chunk-mib", str(args.chunk_mib)] + (["--no-arena"] if args.no_arena else []), capture_output=True, text=True, env=env, cwd=REPO)
                 if r.returncode:
                     print(f"{mode}: failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
                     return 1
@@ -203,7 +236,8 @@ def main(argv=None) -> int:
         ref = np.load(got["stored"][-1]["out"])
         base = statistics.median(x["ms"] for x in got["stored"])
         arena = ", per-call graphs without the CPU arena" if args.no_arena else ""
-        print(f"{args.engine.name}, batch {args.batch}{arena}: medians over {args.rounds} new processes of each one's median of {args.runs} calls")
+        chunks = f", per-call U in parts of at most {args.chunk_mib:g} MiB" if chunk_bytes else ""
+        print(f"{args.engine.name}, batch {args.batch}{arena}{chunks}: medians over {args.rounds} new processes of each one's median of {args.runs} calls")
         print(f"{'filters':10s} {'ms':>8s} {'x stored':>9s} {'peak MiB':>9s}  max |out - stored|")
         for mode in modes:
             ms = statistics.median(x["ms"] for x in got[mode])

@@ -15,17 +15,24 @@ def winograd_engine(small_models, tmp_path_factory):
     return build_engine_folder(str(folder), out=out, options=BuildOptions(precisions=("fp32",), max_batch=4, winograd="always"))
 
 
-@pytest.mark.parametrize("arena", [[], ["--no-arena"]])
-def test_every_mode_matches_the_stored_filters(winograd_engine, arena, capsys):
+@pytest.mark.parametrize("options", [[], ["--no-arena"], ["--chunk-mib", "0.01"]])
+def test_every_mode_matches_the_stored_filters(winograd_engine, options, capsys):
     before = sorted(p.name for p in winograd_engine.parent.iterdir())
-    assert winograd_filters_per_call.main([str(winograd_engine), "--batch", "2", "--runs", "1", "--rounds", "1"] + arena) == 0
+    assert winograd_filters_per_call.main([str(winograd_engine), "--batch", "2", "--runs", "1", "--rounds", "1"] + options) == 0
     rows = {r.split()[0]: r.split() for r in capsys.readouterr().out.splitlines()[2:]}
     assert sorted(rows) == sorted(winograd_filters_per_call.MODES)
     assert rows["stored"][2] == "1.000"
-    for mode in ("kron", "separable"):
+    for mode in ("kron", "kron-f4"):
         assert float(rows[mode][4]) <= 1e-4  # the same convolution, transformed elsewhere
         assert float(rows[mode][3]) > 0
     assert sorted(p.name for p in winograd_engine.parent.iterdir()) == before  # its scratch folder is gone
+
+
+def test_chunks_cover_every_output_channel_once():
+    f = {"shape": [10, 4, 3, 3], "tile": 4}  # U: 36 * 4 * 4 = 576 bytes per output channel
+    assert winograd_filters_per_call._chunks(f, 0) == [(0, 10)]
+    assert winograd_filters_per_call._chunks(f, 576 * 3) == [(0, 2), (2, 5), (5, 7), (7, 10)]
+    assert winograd_filters_per_call._chunks(f, 1) == [(i, i + 1) for i in range(10)]
 
 
 def test_a_folder_without_winograd_filters_is_refused(small_models):
