@@ -1,7 +1,7 @@
 """Winograd filters transformed inside the graph at every call, against the stored transformed filters:
 latency and peak RSS of the same engine folder's Winograd CPU graph.
 
-Run: .venv/bin/python -m benchmarks.winograd_filters_per_call ENGINE_DIR [--batch 1] [--runs 5] [--rounds 2]
+Run: .venv/bin/python -m benchmarks.winograd_filters_per_call ENGINE_DIR [--batch 1] [--runs 5]
      [--modes stored kron kron-f4] [--chunk-mib 0] [--no-arena]
 
 Why: a folder stores the transformed filters U = G W G^T (cmrt/engine/winograd_filters.py), which
@@ -28,9 +28,10 @@ load's; the differences between the graphs are what this measures).
 `--no-arena` runs the per-call graphs without ONNX Runtime's CPU arena, so that
 each U goes back to the system once its GEMM has read it (the arena keeps what it grew to).
 
-Each graph runs in its own new process (peak RSS, VmHWM, only grows), processes alternated over
---rounds; each process makes --runs calls at --batch after one warm-up call and reports the median.
-The outputs of every graph are compared with `stored`'s.
+Peak RSS (VmHWM, which only grows): each graph in its own new process, two calls at --batch.
+Latency: all the graphs in one process, called in turn, --runs rounds after a warm-up round,
+medians (graphs in separate processes meet the machine at different moments, and on a shared
+machine that moves a median more than the graphs differ). The outputs are compared with `stored`'s.
 """
 from __future__ import annotations
 
@@ -173,25 +174,42 @@ def _backend(graph: Path, feeds: dict, arena: bool):
     return (OnnxRuntimeBackend if arena else WithoutArena)(graph, extra_inputs=feeds)
 
 
-def child(engine: Path, mode: str, work: Path, batch: int, runs: int, arena: bool, chunk_bytes: int) -> None:
-    """One graph in this (new) process: prints JSON {ms: median, peak_mib, out: where its output went}."""
-    rec = _winograd_record(engine)
-    graph = engine / rec["file"] if mode == "stored" else work / f"per_call.{mode}.onnx"
-    feeds = _feeds(engine, rec, mode, work, chunk_bytes)
-    backend = _backend(graph, feeds, arena=arena or mode == "stored")
+def _call(backend, batch: int):
+    """One UNet call at `batch`, on a fixed sample."""
     shape = next(i.shape for i in backend.session.get_inputs() if i.name == "sample")
-    rng = np.random.default_rng(0)
-    sample = rng.standard_normal((batch, *shape[1:])).astype(np.float32)
+    sample = np.random.default_rng(0).standard_normal((batch, *shape[1:])).astype(np.float32)
     timestep = np.full((batch,), 0.5, np.float32)
     labels = np.arange(batch, dtype=np.int64) if backend.conditional else None
-    times = []
-    for _ in range(runs + 1):
-        t0 = time.perf_counter()
-        y = backend.run(sample, timestep, labels)
-        times.append((time.perf_counter() - t0) * 1e3)
+    return lambda: backend.run(sample, timestep, labels)
+
+
+def _open(engine: Path, rec: dict, mode: str, work: Path, arena: bool, chunk_bytes: int):
+    graph = engine / rec["file"] if mode == "stored" else work / f"per_call.{mode}.onnx"
+    return _backend(graph, _feeds(engine, rec, mode, work, chunk_bytes), arena=arena or mode == "stored")
+
+
+def peak_child(engine: Path, mode: str, work: Path, batch: int, arena: bool, chunk_bytes: int) -> None:
+    """One graph in this (new) process, two calls: prints JSON {peak_mib, out: where its output went}."""
+    run = _call(_open(engine, _winograd_record(engine), mode, work, arena, chunk_bytes), batch)
+    run()
+    y = run()
     out = work / f"out.{mode}.npy"
     np.save(out, y)
-    print(json.dumps({"ms": statistics.median(times[1:]), "peak_mib": peak_rss_bytes() / 2**20, "out": str(out)}))
+    print(json.dumps({"peak_mib": peak_rss_bytes() / 2**20, "out": str(out)}))
+
+
+def timing_child(engine: Path, modes: list[str], work: Path, batch: int, runs: int, arena: bool, chunk_bytes: int) -> None:
+    """Every graph in this one process, called in turn (--runs rounds after one warm-up): prints JSON {mode: median ms}."""
+    rec = _winograd_record(engine)
+    calls = {m: _call(_open(engine, rec, m, work, arena, chunk_bytes), batch) for m in modes}
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    for i in range(runs + 1):
+        for m, run in calls.items():
+            t0 = time.perf_counter()
+            run()
+            if i:
+                times[m].append((time.perf_counter() - t0) * 1e3)
+    print(json.dumps({m: statistics.median(t) for m, t in times.items()}))
 
 
 def main(argv=None) -> int:
@@ -199,22 +217,25 @@ def main(argv=None) -> int:
     p.add_argument("engine", type=Path)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--chunk-mib", type=float, default=0.0,
                    help="split each per-call U along its output channels into parts of at most this many MiB (0: whole)")
     p.add_argument("--no-arena", action="store_true", help="per-call graphs without ONNX Runtime's CPU arena")
-    p.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
+    p.add_argument("--child", help=argparse.SUPPRESS)  # "peak:MODE" or "timing"
     p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     chunk_bytes = int(args.chunk_mib * 2**20)
-    if args.batch < 1 or args.runs < 1 or args.rounds < 1 or args.chunk_mib < 0:
-        p.error("--batch, --runs and --rounds must be at least 1, --chunk-mib at least 0")
+    if args.batch < 1 or args.runs < 1 or args.chunk_mib < 0:
+        p.error("--batch and --runs must be at least 1, --chunk-mib at least 0")
+    modes = ["stored"] + [m for m in args.modes if m != "stored"]
+    arena = not args.no_arena
+    if args.child == "timing":
+        timing_child(args.engine, modes, args.work, args.batch, args.runs, arena, chunk_bytes)
+        return 0
     if args.child:
-        child(args.engine, args.child, args.work, args.batch, args.runs, arena=not args.no_arena, chunk_bytes=chunk_bytes)
+        peak_child(args.engine, args.child.split(":", 1)[1], args.work, args.batch, arena, chunk_bytes)
         return 0
     rec = _winograd_record(args.engine)
-    modes = ["stored"] + [m for m in args.modes if m != "stored"]
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     with tempfile.TemporaryDirectory(prefix="cmrt-per-call-", dir=args.engine.parent) as tmp:
         work = Path(tmp)
@@ -223,27 +244,26 @@ def main(argv=None) -> int:
             _tap_major_weights(args.engine, rec, work, chunk_bytes)
         for mode in modes[1:]:
             _per_call_graph(args.engine, rec, mode, work, chunk_bytes)
-        got: dict[str, list[dict]] = {m: [] for m in modes}
-        for _ in range(args.rounds):
-            for mode in modes:
-                r = subprocess.run(
-                    [sys.executable, "-m", "benchmarks.winograd_filters_per_call", str(args.engine), "--child", mode, "--work", str(work),
-                     "--batch", str(args.batch), "--runs", str(args.runs), "--chunk-mib", str(args.chunk_mib)] + (["--no-arena"] if args.no_arena else []), capture_output=True, text=True, env=env, cwd=REPO)
-                if r.returncode:
-                    print(f"{mode}: failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
-                    return 1
-                got[mode].append(json.loads(r.stdout.strip().splitlines()[-1]))
-        ref = np.load(got["stored"][-1]["out"])
-        base = statistics.median(x["ms"] for x in got["stored"])
-        arena = ", per-call graphs without the CPU arena" if args.no_arena else ""
+
+        def child(what: str) -> dict:
+            cmd = [sys.executable, "-m", "benchmarks.winograd_filters_per_call", str(args.engine), "--child", what, "--work", str(work),
+                   "--batch", str(args.batch), "--runs", str(args.runs), "--chunk-mib", str(args.chunk_mib), "--modes", *modes]
+            r = subprocess.run(cmd + (["--no-arena"] if args.no_arena else []), capture_output=True, text=True, env=env, cwd=REPO)
+            if r.returncode:
+                raise SystemExit(f"{what}: failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
+            return json.loads(r.stdout.strip().splitlines()[-1])
+
+        peaks = {m: child(f"peak:{m}") for m in modes}
+        ms = child("timing")
+        ref = np.load(peaks["stored"]["out"])
+        no_arena = ", per-call graphs without the CPU arena" if args.no_arena else ""
         chunks = f", per-call U in parts of at most {args.chunk_mib:g} MiB" if chunk_bytes else ""
-        print(f"{args.engine.name}, batch {args.batch}{arena}{chunks}: medians over {args.rounds} new processes of each one's median of {args.runs} calls")
+        print(f"{args.engine.name}, batch {args.batch}{no_arena}{chunks}: peak RSS of a new process per graph (two calls); "
+              f"latency: medians of {args.runs} calls, the graphs in turn in one process")
         print(f"{'filters':10s} {'ms':>8s} {'x stored':>9s} {'peak MiB':>9s}  max |out - stored|")
         for mode in modes:
-            ms = statistics.median(x["ms"] for x in got[mode])
-            peak = statistics.median(x["peak_mib"] for x in got[mode])
-            diff = float(np.abs(np.load(got[mode][-1]["out"]) - ref).max())
-            print(f"{mode:10s} {ms:8.0f} {ms / base:9.3f} {peak:9.0f}  {diff:.1e}")
+            diff = float(np.abs(np.load(peaks[mode]["out"]) - ref).max())
+            print(f"{mode:10s} {ms[mode]:8.0f} {ms[mode] / ms['stored']:9.3f} {peaks[mode]['peak_mib']:9.0f}  {diff:.1e}")
     return 0
 
 

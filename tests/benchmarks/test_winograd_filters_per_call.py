@@ -18,7 +18,7 @@ def winograd_engine(small_models, tmp_path_factory):
 @pytest.mark.parametrize("options", [[], ["--no-arena"], ["--chunk-mib", "0.01"]])
 def test_every_mode_matches_the_stored_filters(winograd_engine, options, capsys):
     before = sorted(p.name for p in winograd_engine.parent.iterdir())
-    assert winograd_filters_per_call.main([str(winograd_engine), "--batch", "2", "--runs", "1", "--rounds", "1"] + options) == 0
+    assert winograd_filters_per_call.main([str(winograd_engine), "--batch", "2", "--runs", "1"] + options) == 0
     rows = {r.split()[0]: r.split() for r in capsys.readouterr().out.splitlines()[2:]}
     assert sorted(rows) == sorted(winograd_filters_per_call.MODES)
     assert rows["stored"][2] == "1.000"
