@@ -2,7 +2,7 @@
 latency and peak RSS of the same engine folder's Winograd CPU graph.
 
 Run: .venv/bin/python -m benchmarks.winograd_filters_per_call ENGINE_DIR [--batch 1] [--runs 5]
-     [--modes stored kron kron-f4] [--chunk-mib 0] [--no-arena]
+     [--modes stored kron kron-f4] [--chunk-mib 0] [--rows] [--no-arena]
 
 Why: a folder stores the transformed filters U = G W G^T (cmrt/engine/winograd_filters.py), which
 hold 36/9 (F(4x4)) or 16/9 (F(2x2)) of the bytes of the 3x3 weights they replace; that is most of
@@ -21,6 +21,9 @@ folder is not touched):
 - `kron-f4`: the same for the F(4x4) filters only, the F(2x2) ones stored. Per (input, output)
   channel pair the transform costs the same 648 multiply-adds for either tile, while F(4x4) gives
   back 27 floats of filter and F(2x2) 7.
+- `--rows`: the per-call graphs read the 3x3 weights where they already lie, in the folder's
+  weight file ([K, C, 3, 3] is [K*C, 9] rows, and a chunk of output channels is a run of rows),
+  with a Transpose in the graph, so that no second copy of the weights is stored.
 
 Every graph runs in cmrt's ONNX Runtime CPU backend, with its session options, opened from the
 graph itself (not from the optimized-graph cache that `cmrt.load` opens, so the peaks are above a
@@ -55,19 +58,33 @@ MODES = ("stored", "kron", "kron-f4")
 
 
 def _winograd_record(engine: Path) -> dict:
+    """The folder's Winograd record, each filter with the `tiles` of its GEMM (from its graph)."""
+    import onnx
+    from onnx import numpy_helper
+
     from cmrt.engine.manifest import read_manifest
 
     rec = read_manifest(engine).winograd
     if not rec or not rec.get("used") or not rec.get("filters_file"):
         raise SystemExit(f"{engine}: no Winograd CPU graph with filters in this folder (build it with `cmrt build` on a CPU)")
+    graph = onnx.load(str(engine / rec["file"]), load_external_data=False).graph
+    v_shapes = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name.endswith("/v_shape")}
+    for f in rec["filters"]:  # U is "<conv>/winograd/U"; V's shape [N, C, alpha^2, tiles] is "<conv>/winograd/v_shape"
+        f["tiles"] = int(v_shapes[f["input"].rsplit("/", 1)[0] + "/v_shape"][-1])
     return rec
 
 
 def _chunks(f: dict, chunk_bytes: int) -> list[tuple[int, int]]:
-    """[k0, k1) output-channel ranges of a filter whose U each take at most `chunk_bytes` (one when 0)."""
+    """[k0, k1) output-channel ranges of a filter whose U each take at most `chunk_bytes` (one when 0).
+
+    Only a GEMM with fewer tiles than input channels is split: its product M ([alpha^2, K, tiles]
+    per image), which the Concat copies, is then smaller than U, which the split keeps in cache.
+    A GEMM on a large map would copy more than it saves and run thinner.
+    """
     k, c = f["shape"][:2]
     per_k = tile_of(f).filter_values() * c * 4
-    n = 1 if not chunk_bytes else max(1, min(k, -(-k * per_k // chunk_bytes)))
+    split = chunk_bytes and f.get("tiles", 0) < c
+    n = 1 if not split else max(1, min(k, -(-k * per_k // chunk_bytes)))
     bounds = [i * k // n for i in range(n + 1)]
     return list(zip(bounds[:-1], bounds[1:]))
 
@@ -77,7 +94,7 @@ def _per_call(rec: dict, mode: str) -> list[dict]:
     return [f for f in rec["filters"] if mode == "kron" or (mode == "kron-f4" and tile_of(f).m == 4)]
 
 
-def _per_call_graph(engine: Path, rec: dict, mode: str, work: Path, chunk_bytes: int) -> Path:
+def _per_call_graph(engine: Path, rec: dict, mode: str, work: Path, chunk_bytes: int, rows: bool) -> Path:
     """The folder's Winograd graph with the U inputs of `mode`'s filters computed in the graph."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -102,7 +119,10 @@ def _per_call_graph(engine: Path, rec: dict, mode: str, work: Path, chunk_bytes:
         nodes, parts = [], []
         for j, (k0, k1) in enumerate(_chunks(f, chunk_bytes)):
             taps, u = f"{name}/W_taps/{j}", f"{name}/{j}"
-            g.input.append(helper.make_tensor_value_info(taps, TensorProto.FLOAT, [9, (k1 - k0) * c]))
+            g.input.append(helper.make_tensor_value_info(taps, TensorProto.FLOAT, [(k1 - k0) * c, 9] if rows else [9, (k1 - k0) * c]))
+            if rows:  # ONNX Runtime fuses the Transpose into the MatMul (a transposed operand)
+                nodes.append(helper.make_node("Transpose", [taps], [f"{taps}/T"], perm=[1, 0], name=f"{u}/per_call/Transpose"))
+                taps = f"{taps}/T"
             shape = const(f"{name}/u_shape/{j}", np.array([tile.filter_values(), k1 - k0, c], np.int64))
             nodes += [
                 helper.make_node("MatMul", [basis, taps], [f"{u}/flat"], name=f"{u}/per_call/transform"),
@@ -140,7 +160,7 @@ def _tap_major_weights(engine: Path, rec: dict, work: Path, chunk_bytes: int) ->
             del w
 
 
-def _feeds(engine: Path, rec: dict, mode: str, work: Path, chunk_bytes: int) -> dict:
+def _feeds(engine: Path, rec: dict, mode: str, work: Path, chunk_bytes: int, rows: bool) -> dict:
     """What the graph of `mode` takes besides the sample: stored U, and per-chunk tap-major weights."""
     from cmrt.engine.winograd_filters import mapped_filters
 
@@ -149,13 +169,16 @@ def _feeds(engine: Path, rec: dict, mode: str, work: Path, chunk_bytes: int) -> 
         return stored
     per_call = {f["input"] for f in _per_call(rec, mode)}
     feeds = {name: u for name, u in stored.items() if name not in per_call}
-    taps = np.memmap(work / "weights.taps", dtype=np.float32, mode="r")
+    taps = np.memmap(work / ("weights.taps" if not rows else rec["weights_file"]), dtype=np.float32, mode="r")
     at = 0
     for f in rec["filters"]:
         c = f["shape"][1]
         for j, (k0, k1) in enumerate(_chunks(f, chunk_bytes)):
             n = 9 * (k1 - k0) * c
-            if f["input"] in per_call:
+            if f["input"] in per_call and rows:  # a view of the 3x3 weights in the weight file, [Kc*C, 9]
+                start = f["offset"] // 4 + k0 * c * 9
+                feeds[f"{f['input']}/W_taps/{j}"] = taps[start : start + n].reshape(-1, 9)
+            elif f["input"] in per_call:
                 feeds[f"{f['input']}/W_taps/{j}"] = taps[at : at + n].reshape(9, -1)
             at += n
     return feeds
@@ -183,14 +206,14 @@ def _call(backend, batch: int):
     return lambda: backend.run(sample, timestep, labels)
 
 
-def _open(engine: Path, rec: dict, mode: str, work: Path, arena: bool, chunk_bytes: int):
+def _open(engine: Path, rec: dict, mode: str, work: Path, arena: bool, chunk_bytes: int, rows: bool):
     graph = engine / rec["file"] if mode == "stored" else work / f"per_call.{mode}.onnx"
-    return _backend(graph, _feeds(engine, rec, mode, work, chunk_bytes), arena=arena or mode == "stored")
+    return _backend(graph, _feeds(engine, rec, mode, work, chunk_bytes, rows), arena=arena or mode == "stored")
 
 
-def peak_child(engine: Path, mode: str, work: Path, batch: int, arena: bool, chunk_bytes: int) -> None:
+def peak_child(engine: Path, mode: str, work: Path, batch: int, arena: bool, chunk_bytes: int, rows: bool) -> None:
     """One graph in this (new) process, two calls: prints JSON {peak_mib, out: where its output went}."""
-    run = _call(_open(engine, _winograd_record(engine), mode, work, arena, chunk_bytes), batch)
+    run = _call(_open(engine, _winograd_record(engine), mode, work, arena, chunk_bytes, rows), batch)
     run()
     y = run()
     out = work / f"out.{mode}.npy"
@@ -198,10 +221,10 @@ def peak_child(engine: Path, mode: str, work: Path, batch: int, arena: bool, chu
     print(json.dumps({"peak_mib": peak_rss_bytes() / 2**20, "out": str(out)}))
 
 
-def timing_child(engine: Path, modes: list[str], work: Path, batch: int, runs: int, arena: bool, chunk_bytes: int) -> None:
+def timing_child(engine: Path, modes: list[str], work: Path, batch: int, runs: int, arena: bool, chunk_bytes: int, rows: bool) -> None:
     """Every graph in this one process, called in turn (--runs rounds after one warm-up): prints JSON {mode: median ms}."""
     rec = _winograd_record(engine)
-    calls = {m: _call(_open(engine, rec, m, work, arena, chunk_bytes), batch) for m in modes}
+    calls = {m: _call(_open(engine, rec, m, work, arena, chunk_bytes, rows), batch) for m in modes}
     times: dict[str, list[float]] = {m: [] for m in modes}
     for i in range(runs + 1):
         for m, run in calls.items():
@@ -220,6 +243,8 @@ def main(argv=None) -> int:
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--chunk-mib", type=float, default=0.0,
                    help="split each per-call U along its output channels into parts of at most this many MiB (0: whole)")
+    p.add_argument("--rows", action="store_true", help="per-call graphs read the 3x3 weights from the weight file as they lie "
+                   "([K*C, 9] rows, transposed in the graph) instead of a tap-major copy")
     p.add_argument("--no-arena", action="store_true", help="per-call graphs without ONNX Runtime's CPU arena")
     p.add_argument("--child", help=argparse.SUPPRESS)  # "peak:MODE" or "timing"
     p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -230,10 +255,10 @@ def main(argv=None) -> int:
     modes = ["stored"] + [m for m in args.modes if m != "stored"]
     arena = not args.no_arena
     if args.child == "timing":
-        timing_child(args.engine, modes, args.work, args.batch, args.runs, arena, chunk_bytes)
+        timing_child(args.engine, modes, args.work, args.batch, args.runs, arena, chunk_bytes, args.rows)
         return 0
     if args.child:
-        peak_child(args.engine, args.child.split(":", 1)[1], args.work, args.batch, arena, chunk_bytes)
+        peak_child(args.engine, args.child.split(":", 1)[1], args.work, args.batch, arena, chunk_bytes, args.rows)
         return 0
     rec = _winograd_record(args.engine)
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -241,14 +266,15 @@ def main(argv=None) -> int:
         work = Path(tmp)
         if len(modes) > 1:  # the graphs' other weights: the folder's weight file, hard-linked (ONNX Runtime refuses a symlink out)
             os.link(args.engine / rec["weights_file"], work / rec["weights_file"])
-            _tap_major_weights(args.engine, rec, work, chunk_bytes)
+            if not args.rows:
+                _tap_major_weights(args.engine, rec, work, chunk_bytes)
         for mode in modes[1:]:
-            _per_call_graph(args.engine, rec, mode, work, chunk_bytes)
+            _per_call_graph(args.engine, rec, mode, work, chunk_bytes, args.rows)
 
         def child(what: str) -> dict:
             cmd = [sys.executable, "-m", "benchmarks.winograd_filters_per_call", str(args.engine), "--child", what, "--work", str(work),
                    "--batch", str(args.batch), "--runs", str(args.runs), "--chunk-mib", str(args.chunk_mib), "--modes", *modes]
-            r = subprocess.run(cmd + (["--no-arena"] if args.no_arena else []), capture_output=True, text=True, env=env, cwd=REPO)
+            r = subprocess.run(cmd + (["--no-arena"] if args.no_arena else []) + (["--rows"] if args.rows else []), capture_output=True, text=True, env=env, cwd=REPO)
             if r.returncode:
                 raise SystemExit(f"{what}: failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
             return json.loads(r.stdout.strip().splitlines()[-1])
@@ -258,7 +284,8 @@ def main(argv=None) -> int:
         ref = np.load(peaks["stored"]["out"])
         no_arena = ", per-call graphs without the CPU arena" if args.no_arena else ""
         chunks = f", per-call U in parts of at most {args.chunk_mib:g} MiB" if chunk_bytes else ""
-        print(f"{args.engine.name}, batch {args.batch}{no_arena}{chunks}: peak RSS of a new process per graph (two calls); "
+        rows = ", 3x3 weights read as they lie in the weight file" if args.rows else ""
+        print(f"{args.engine.name}, batch {args.batch}{no_arena}{chunks}{rows}: peak RSS of a new process per graph (two calls); "
               f"latency: medians of {args.runs} calls, the graphs in turn in one process")
         print(f"{'filters':10s} {'ms':>8s} {'x stored':>9s} {'peak MiB':>9s}  max |out - stored|")
         for mode in modes:

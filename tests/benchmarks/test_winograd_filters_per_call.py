@@ -15,7 +15,7 @@ def winograd_engine(small_models, tmp_path_factory):
     return build_engine_folder(str(folder), out=out, options=BuildOptions(precisions=("fp32",), max_batch=4, winograd="always"))
 
 
-@pytest.mark.parametrize("options", [[], ["--no-arena"], ["--chunk-mib", "0.01"]])
+@pytest.mark.parametrize("options", [[], ["--no-arena"], ["--chunk-mib", "0.01"], ["--chunk-mib", "0.01", "--rows"]])
 def test_every_mode_matches_the_stored_filters(winograd_engine, options, capsys):
     before = sorted(p.name for p in winograd_engine.parent.iterdir())
     assert winograd_filters_per_call.main([str(winograd_engine), "--batch", "2", "--runs", "1"] + options) == 0
@@ -29,13 +29,25 @@ def test_every_mode_matches_the_stored_filters(winograd_engine, options, capsys)
 
 
 def test_chunks_cover_every_output_channel_once():
-    f = {"shape": [10, 4, 3, 3], "tile": 4}  # U: 36 * 4 * 4 = 576 bytes per output channel
+    f = {"shape": [10, 4, 3, 3], "tile": 4, "tiles": 1}  # U: 36 * 4 * 4 = 576 bytes per output channel
     assert winograd_filters_per_call._chunks(f, 0) == [(0, 10)]
     assert winograd_filters_per_call._chunks(f, 576 * 3) == [(0, 2), (2, 5), (5, 7), (7, 10)]
     assert winograd_filters_per_call._chunks(f, 1) == [(i, i + 1) for i in range(10)]
+    assert winograd_filters_per_call._chunks({**f, "tiles": 4}, 1) == [(0, 10)]  # as many tiles as channels: whole
 
 
 def test_a_folder_without_winograd_filters_is_refused(small_models):
     # the small models' builds drop their Winograd graph (tests/conftest.py)
     with pytest.raises(SystemExit, match="no Winograd CPU graph"):
         winograd_filters_per_call.main([str(small_models["cond"][1])])
+
+
+def test_a_chunked_graph_splits_the_gemms_with_few_tiles(winograd_engine, tmp_path):
+    import onnx
+
+    rec = winograd_filters_per_call._winograd_record(winograd_engine)
+    split = [f for f in rec["filters"] if len(winograd_filters_per_call._chunks(f, 1024)) > 1]
+    assert split and all(f["tiles"] < f["shape"][1] for f in split)
+    path = winograd_filters_per_call._per_call_graph(winograd_engine, rec, "kron", tmp_path, 1024, rows=False)
+    graph = onnx.load(str(path), load_external_data=False).graph
+    assert sum(n.op_type == "Concat" and n.name.endswith("/per_call/Concat") for n in graph.node) == len(split)
