@@ -30,7 +30,7 @@ from .cpu_timing import median_run_ms
 logger = logging.getLogger(__name__)
 
 WINOGRAD_FILE = "unet.fp32.winograd.onnx"
-FILTERS_FILE = "unet.fp32.winograd.filters"  # float32 [alpha^2, K, C] per rewritten Conv, page-aligned
+FILTERS_FILE = "unet.fp32.winograd.filters"  # float32 [alpha^2, K, C] per stored filter, page-aligned
 # Keep the Winograd graph in "auto" mode only when its median is at least this much faster.
 MIN_GAIN = 0.05
 # "auto" does not make a graph whose extra filter memory would exceed this share of the machine's RAM.
@@ -54,22 +54,27 @@ def filter_location(weight, runtime_filter: dict[str, Any], weights_file: str) -
     if weight.data_type != TensorProto.FLOAT:
         raise ValueError(f"weight {weight.name} is not float32")
     k, c, kh, kw = runtime_filter["shape"]
-    return {
+    location = {
         "input": runtime_filter["input"],
         "offset": int(info.get("offset", 0)),
         "length": int(info.get("length", k * c * kh * kw * 4)),
         "shape": [k, c, kh, kw],
         "tile": int(runtime_filter["tile"]),
     }
+    if "chunks" in runtime_filter:  # transformed per call: the graph reads these 3x3 weights in these parts
+        location["chunks"] = [list(map(int, ch)) for ch in runtime_filter["chunks"]]
+    return location
 
 
 def winograd_rewrite(folder: Path, fp32_entry: dict[str, Any], min_spatial: int = DEFAULT_MIN_SPATIAL,
-                     f4_min_spatial: int = DEFAULT_F4_MIN_SPATIAL):
+                     f4_min_spatial: int = DEFAULT_F4_MIN_SPATIAL, per_call_tiles: tuple[int, ...] = ()):
     """The fp32 export's Winograd rewrite, in memory: (the graph, without weights; the rewrite's
     report; where each rewritten Conv's 3x3 weights lie in the fp32 weight file).
 
     `min_spatial`, `f4_min_spatial`: the smallest map rewritten, and the smallest rewritten with
-    F(4x4) tiles (cmrt/build/winograd.py says why the defaults are what they are).
+    F(4x4) tiles (cmrt/build/winograd.py says why the defaults are what they are);
+    `per_call_tiles`: the tiles whose filters the graph transforms at every call instead of taking
+    them stored (`rewrite_winograd`).
     """
     import onnx
 
@@ -84,15 +89,17 @@ def winograd_rewrite(folder: Path, fp32_entry: dict[str, Any], min_spatial: int 
     model = onnx.load(str(plain), load_external_data=False)
     weights = {t.name: t for t in model.graph.initializer}  # before the rewrite drops the 3x3 ones
     report = rewrite_winograd(model, min_spatial=min_spatial, input_shapes=shapes, filters="input",
-                              f4_min_spatial=f4_min_spatial)
+                              f4_min_spatial=f4_min_spatial, per_call_tiles=per_call_tiles)
     filters = [filter_location(weights[f["weight"]], f, fp32_entry["external_data"]) for f in report.runtime_filters]
     return model, report, filters
 
 
 def add_winograd_graph(stage: Path, fp32_entry: dict[str, Any], unet, mode: str, scheduler: dict[str, Any],
-                       sizes: tuple[int, int] = (DEFAULT_MIN_SPATIAL, DEFAULT_F4_MIN_SPATIAL)) -> dict[str, Any]:
+                       sizes: tuple[int, int] = (DEFAULT_MIN_SPATIAL, DEFAULT_F4_MIN_SPATIAL),
+                       per_call_tiles: tuple[int, ...] = ()) -> dict[str, Any]:
     """Write, validate and (in "auto" mode) time the Winograd graph beside the fp32 export;
-    `sizes`: (min_spatial, f4_min_spatial) of the rewrite.
+    `sizes`: (min_spatial, f4_min_spatial) of the rewrite; `per_call_tiles`: the tiles whose
+    filters are transformed at every call rather than stored.
 
     Returns the manifest record; `record["used"]` says whether the file stays in the folder.
     """
@@ -103,7 +110,7 @@ def add_winograd_graph(stage: Path, fp32_entry: dict[str, Any], unet, mode: str,
     if mode not in ("auto", "always"):
         raise ValueError(f"mode must be 'auto' or 'always', got {mode!r}")
     plain = stage / fp32_entry["file"]
-    model, report, locations = winograd_rewrite(stage, fp32_entry, *sizes)
+    model, report, locations = winograd_rewrite(stage, fp32_entry, *sizes, per_call_tiles=per_call_tiles)
     record: dict[str, Any] = {
         "file": WINOGRAD_FILE,
         "mode": mode,

@@ -22,6 +22,7 @@ from ..engine.errors import BackendUnavailableError, EngineFolderError
 from ..engine.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, file_record, read_manifest, seed_verified, write_manifest
 from ..engine.models import ModelSource, resolve_model
 from ..engine.options import BUILD_BACKENDS, BuildOptions
+from ..engine.winograd import PER_CALL_CHOICES
 from ..engine.paths import default_engine_dir
 
 logger = logging.getLogger(__name__)
@@ -201,7 +202,8 @@ def _export_folder(source: ModelSource, out: Path, options: BuildOptions, key: s
             if cpu_variant and precision == "fp32":
                 bar.set_postfix_str("winograd fp32")
                 wino = entry["winograd"] = add_winograd_graph(stage, entry, unet, options.winograd, loaded.scheduler_config,
-                                                              (options.winograd_min_size, options.winograd_f4_min_size))
+                                                              (options.winograd_min_size, options.winograd_f4_min_size),
+                                                              PER_CALL_CHOICES[options.winograd_per_call])
                 if wino["used"]:
                     wino["step"] = add_winograd_step_graph(stage, wino, unet_facts, loaded.scheduler_config)
                     files += [wino["file"], wino["filters_file"], wino["step"]["file"]]

@@ -38,13 +38,30 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..engine.winograd import DEFAULT_F4_MIN_SPATIAL, DEFAULT_MIN_SPATIAL, F2, F4, KERNEL, TILES, WinogradTile
+from ..engine.winograd import DEFAULT_F4_MIN_SPATIAL, DEFAULT_MIN_SPATIAL, F2, F4, KERNEL, TILES, WinogradTile, per_call_inputs
 
 logger = logging.getLogger(__name__)
 
 # A Conv with fewer input or output channels than this (the UNet's RGB convs at either end) has
 # GEMMs too thin to repay the transforms: on ImageNet-64 both measured slower rewritten.
 MIN_CHANNELS = 8
+# A filter transformed per call is made and multiplied in parts of output channels whose U takes at
+# most this much, so that each part comes back from the cache to its GEMM and the arena never
+# holds a large one (benchmarks/winograd_filters_per_call.py measured 8 MiB against whole and 32).
+PER_CALL_CHUNK_BYTES = 8 << 20
+
+
+def per_call_chunks(k: int, c: int, tile: WinogradTile, tiles: int, chunk_bytes: int = PER_CALL_CHUNK_BYTES) -> list[list[int]]:
+    """[k0, k1) output-channel parts of a per-call filter [K, C, 3, 3] whose GEMM has `tiles` tiles.
+
+    Only a GEMM with fewer tiles than input channels is split: its product ([alpha^2, K, tiles]
+    per image), which joining the parts copies, is then smaller than the U the split keeps in
+    cache; on a large map the copy costs more than it saves, and the GEMMs run thinner.
+    """
+    per_k = tile.filter_values() * c * 4
+    n = max(1, min(k, -(-k * per_k // chunk_bytes))) if chunk_bytes and tiles < c else 1
+    bounds = [i * k // n for i in range(n + 1)]
+    return [[a, b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 @dataclass
@@ -54,7 +71,8 @@ class RewriteReport:
     tiles: dict[str, int] = field(default_factory=dict)  # rewritten conv name -> m of its F(m x m, 3x3)
     # fp32 bytes the transformed filters add in memory beyond the 3x3 weights they replace
     added_filter_bytes: int = 0
-    # filters="input": [{"input": graph input for U, "weight": 3x3 initializer name, "shape": [K, C, 3, 3], "tile": m}]
+    # filters="input": [{"input": graph input for U, "weight": 3x3 initializer name, "shape": [K, C, 3, 3], "tile": m}],
+    # and "chunks" for a filter transformed per call (its graph inputs: engine/winograd.py's per_call_inputs)
     runtime_filters: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -133,6 +151,8 @@ def rewrite_winograd(
     input_shapes: dict[str, tuple] | None = None,
     filters: str = "fold",
     f4_min_spatial: int = DEFAULT_F4_MIN_SPATIAL,
+    per_call_tiles: tuple[int, ...] = (),
+    chunk_bytes: int = PER_CALL_CHUNK_BYTES,
 ):
     """Replace eligible Convs in `model` (an onnx ModelProto, changed in place) and report which.
 
@@ -147,6 +167,12 @@ def rewrite_winograd(
 
     `min_spatial`: the smallest map rewritten; `f4_min_spatial`: the smallest map rewritten with
     F(4x4) tiles (smaller rewritten maps get F(2x2); set it to `min_spatial` for F(4x4) throughout).
+
+    `per_call_tiles` (with filters="input"): the tiles whose filters the graph transforms at every
+    call instead of taking U: it takes the 3x3 weights as they lie ([K*C, 9] rows, in parts of
+    output channels, `per_call_chunks`) and computes each part of U just before its GEMM. U then
+    lives in ONNX Runtime's arena only while its GEMM runs: the graph holds the 3x3 weights, not
+    the 4x (F(4x4)) or 1.8x (F(2x2)) larger U, and pays the transform's multiply-adds per call.
     """
     from onnx import TensorProto, helper, numpy_helper
 
@@ -155,6 +181,8 @@ def rewrite_winograd(
             raise ValueError(f"{what} must be an integer >= {F4.m}, got {size!r}")
     if filters not in FILTER_MODES:
         raise ValueError(f"filters must be one of {FILTER_MODES}, got {filters!r}")
+    if any(m not in TILES for m in per_call_tiles) or (per_call_tiles and filters != "input"):
+        raise ValueError(f"per_call_tiles must name tiles of {sorted(TILES)}, with filters='input'; got {per_call_tiles!r}")
     graph = model.graph
     shapes = conv_input_shapes(model) if input_shapes is None else input_shapes
     inits = {t.name: t for t in graph.initializer}
@@ -191,7 +219,30 @@ def rewrite_winograd(
             return const(f"{p}/{suffix}", dims, np.int64)
 
         x, out = node.input[0], node.output[0]
-        if filters == "input":
+        per_call = m in per_call_tiles
+        gemm = [helper.make_node("MatMul", [f"{p}/U", f"{p}/V"], [f"{p}/M"])]
+        if per_call:
+            rec = {"input": f"{p}/U", "weight": node.input[1], "shape": [k, c, KERNEL, KERNEL], "tile": m,
+                   "chunks": per_call_chunks(k, c, tile, th * tw, chunk_bytes)}
+            report.runtime_filters.append(rec)
+            basis = const(f"cmrt_winograd/F{m}/G", tile.filter_basis_matrix())
+            gemm, parts = [], []
+            for j, (part, k0, k1) in enumerate(per_call_inputs(rec)):
+                graph.input.append(helper.make_tensor_value_info(part, TensorProto.FLOAT, [(k1 - k0) * c, KERNEL * KERNEL]))
+                # U's part = kron(G, G) @ its weights as [9, (k1-k0)*C]; ONNX Runtime folds the Transpose into the MatMul
+                gemm += [
+                    helper.make_node("Transpose", [part], [f"{p}/W_t/{j}"], perm=[1, 0]),
+                    helper.make_node("MatMul", [basis, f"{p}/W_t/{j}"], [f"{p}/U_flat/{j}"]),
+                    helper.make_node("Reshape", [f"{p}/U_flat/{j}", shape_const(f"u_shape/{j}", [a * a, k1 - k0, c])], [f"{p}/U_part/{j}"]),
+                    helper.make_node("MatMul", [f"{p}/U_part/{j}", f"{p}/V"], [f"{p}/M/{j}"]),
+                ]
+                parts.append(f"{p}/M/{j}")
+            if len(parts) == 1:
+                gemm[-1].output[0] = f"{p}/M"
+            else:  # M is [N, a^2, K, tiles]: the parts side by side along K
+                gemm.append(helper.make_node("Concat", parts, [f"{p}/M"], axis=2))
+            nodes = []
+        elif filters == "input":
             graph.input.append(helper.make_tensor_value_info(f"{p}/U", TensorProto.FLOAT, [a * a, k, c]))
             report.runtime_filters.append({"input": f"{p}/U", "weight": node.input[1], "shape": [k, c, KERNEL, KERNEL], "tile": m})
             nodes = []
@@ -216,8 +267,10 @@ def rewrite_winograd(
             ),
             helper.make_node("Reshape", [f"{p}/V_nchw", shape_const("v_shape", [-1, c, a * a, th * tw])], [f"{p}/V_c"]),
             helper.make_node("Transpose", [f"{p}/V_c"], [f"{p}/V"], perm=[0, 2, 1, 3]),
-            # M: a^2 GEMMs [K, C] x [C, tiles]. (A group-36 1x1 Conv measured slower and folds slower.)
-            helper.make_node("MatMul", [f"{p}/U", f"{p}/V"], [f"{p}/M"]),
+        ]
+        # M: a^2 GEMMs [K, C] x [C, tiles]. (A group-36 1x1 Conv measured slower and folds slower.)
+        nodes += gemm
+        nodes += [
             # Y: the output transform as one [m^2, a^2] GEMM; DCR DepthToSpace puts each m x m tile in place.
             helper.make_node("Reshape", [f"{p}/M", shape_const("m_shape", [0, a * a, k * th * tw])], [f"{p}/M_flat"]),
             helper.make_node("MatMul", [basis_out, f"{p}/M_flat"], [f"{p}/Y_flat"]),
@@ -234,7 +287,8 @@ def rewrite_winograd(
         new_nodes.extend(nodes)
         report.rewritten.append(name)
         report.tiles[name] = m
-        report.added_filter_bytes += (tile.filter_values() - KERNEL * KERNEL) * k * c * 4
+        if not per_call:
+            report.added_filter_bytes += (tile.filter_values() - KERNEL * KERNEL) * k * c * 4
     graph.ClearField("node")
     graph.node.extend(new_nodes)
     if filters == "input":  # the 3x3 weights only the rewritten Convs read are no longer part of this graph

@@ -7,6 +7,7 @@ from pathlib import Path
 from ..engine.io_spec import PRECISIONS, TOLERANCE
 from ..engine.options import BUILD_BACKENDS, WINOGRAD_MODES, BuildOptions
 from ..engine.tensorrt import DEFAULT_OPTIMIZATION_LEVEL
+from ..engine.winograd import PER_CALL_CHOICES
 from .args import add_model
 
 HELP = "export a model to a verified engine folder (needs cmrt[export])"
@@ -32,6 +33,9 @@ def add_parser(sub) -> None:
     p.add_argument("--winograd-f4-min-size", type=int, default=d.winograd_f4_min_size, metavar="N",
                    help=f"smallest map side rewritten with F(4x4) tiles, smaller ones get F(2x2) "
                    f"(default {d.winograd_f4_min_size}); docs/engine-folder.md has the measured trade")
+    p.add_argument("--winograd-per-call", choices=tuple(PER_CALL_CHOICES), default=d.winograd_per_call,
+                   help="filters the Winograd graph transforms at every call instead of storing them: f4 (those of "
+                   "F(4x4) tiles) or all; less memory, slower (default none; docs/engine-folder.md has the measured trade)")
     t = p.add_argument_group("TensorRT (GPU)")
     t.add_argument("--backend", choices=BUILD_BACKENDS, default="auto",
                    help="auto: add a validated TensorRT engine where a GPU and TensorRT are present (default); "
@@ -55,6 +59,7 @@ def run(args) -> int:
         precisions=tuple(args.precision), opset=args.opset, min_batch=args.min_batch, opt_batch=args.opt_batch,
         max_batch=args.max_batch, winograd=args.winograd,
         winograd_min_size=args.winograd_min_size, winograd_f4_min_size=args.winograd_f4_min_size,
+        winograd_per_call=args.winograd_per_call,
     )
     trt_opts = TensorRTOptions(
         precision=args.trt_precision,

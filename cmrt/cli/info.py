@@ -37,6 +37,8 @@ def run(args) -> int:
         if w:
             rw = w["rewrite"]
             extra = f", +{rw['added_filter_bytes'] / 1e6:.0f} MB of filters in memory" if "added_filter_bytes" in rw else ""
+            per_call = sum("chunks" in f for f in w.get("filters", []))
+            extra += f", {per_call} filters transformed per call" if per_call else ""
             tiles = ", ".join(f"{n} {t}" for t, n in rw.get("rewritten_per_tile", {}).items())
             state = (f"{w['file']} ({rw['rewritten']} of {rw['rewritten'] + rw['kept']} convs{': ' + tiles if tiles else ''}{extra})"
                      if w["used"] else "not used")

@@ -21,7 +21,7 @@ from .io_spec import PRECISIONS, STEP_COEF_ORDER, io_spec
 from .options import WINOGRAD_MODES, BuildOptions
 from .scheduler_config import SCHEDULER_CLASS, MAX_TRAIN_TIMESTEPS, check_scheduler_config
 from .unet_config import MAX_SAMPLE_SIZE
-from .winograd import LEGACY_TILE, TILES
+from .winograd import LEGACY_TILE, PER_CALL_CHOICES, TILES, per_call_inputs
 
 # Limits on what a manifest may describe (the UNet's and the scheduler's are the build's own:
 # unet_config and scheduler_config, so a folder that builds is a folder that loads).
@@ -223,6 +223,8 @@ WINOGRAD_FILTER = Obj(
     {
         "u_offset": Int(0, MAX_FILE_BYTES),  # where its transformed filter starts in the stored filters file
         "tile": Int(2, 4),  # m of the F(m x m, 3x3) it was rewritten with; absent: 4 (cmrt/engine/winograd.py)
+        # transformed per call: the [k0, k1) output-channel parts the graph reads its 3x3 weights in
+        "chunks": ListOf(ListOf(Int(0, MAX_FILTER_DIM), 2, 2), 1, MAX_FILTER_DIM),
     },
 )
 # A graph's step graph (cmrt/build/step_graph.py): the graph with one consistency step around it.
@@ -311,6 +313,7 @@ MANIFEST = Obj(
         }, {  # absent in folders built before they were options: the defaults they were built with
             "winograd_min_size": Int(1, 1 << 16),
             "winograd_f4_min_size": Int(1, 1 << 16),
+            "winograd_per_call": Str(choices=tuple(PER_CALL_CHOICES)),
         }),
         "onnx": MapOf(Precision, ONNX_ENTRY, 1, len(PRECISIONS)),
         "files": MapOf(FileName, Obj({"sha256": Digest, "bytes": Int(0, MAX_FILE_BYTES)}, {"blake3": Digest}), 1, MAX_FILES),
@@ -381,13 +384,18 @@ def _check_relations(data: Mapping[str, Any]) -> None:
         if wino.get("filters"):
             if "weights_file" not in wino or wino["weights_file"] != entry["external_data"]:
                 raise SchemaError(f"onnx.{precision}.winograd.weights_file", "must be the fp32 graph's external_data")
-            names = [f["input"] for f in wino["filters"]]
+            names = [name for f in wino["filters"] for name in ([n for n, _, _ in per_call_inputs(f)] if "chunks" in f else [f["input"]])]
             if len(set(names)) != len(names):
                 raise SchemaError(f"onnx.{precision}.winograd.filters", "feed the same input twice")
             for i, f in enumerate(wino["filters"]):
                 k, c, kh, kw = f["shape"]
                 if f.get("tile", LEGACY_TILE) not in TILES:
                     raise SchemaError(f"onnx.{precision}.winograd.filters[{i}].tile", f"must be one of {sorted(TILES)}, got {f['tile']}")
+                if "chunks" in f:
+                    starts, ends = [a for a, _ in f["chunks"]], [b for _, b in f["chunks"]]
+                    if starts != [0] + ends[:-1] or ends[-1] != k or any(a >= b for a, b in f["chunks"]):
+                        raise SchemaError(f"onnx.{precision}.winograd.filters[{i}].chunks",
+                                          f"must split the {k} output channels into consecutive non-empty parts, got {f['chunks']}")
                 if (kh, kw) != (3, 3) or f["length"] != k * c * kh * kw * 4:
                     raise SchemaError(
                         f"onnx.{precision}.winograd.filters[{i}]", f"must be float32 [K, C, 3, 3] of length 4*K*C*9, got "

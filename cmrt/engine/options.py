@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .io_spec import PRECISIONS
-from .winograd import DEFAULT_F4_MIN_SPATIAL, DEFAULT_MIN_SPATIAL, F4
+from .winograd import DEFAULT_F4_MIN_SPATIAL, DEFAULT_MIN_SPATIAL, F4, PER_CALL_CHOICES
 
 # The CPU graph with Winograd 3x3 convolutions (cmrt/build/winograd.py): "auto" keeps it only
 # where it measures faster than the plain graph on the build machine, "always" keeps it,
@@ -33,8 +33,13 @@ class BuildOptions:
     # filter memory (docs/engine-folder.md has the measured trade).
     winograd_min_size: int = DEFAULT_MIN_SPATIAL
     winograd_f4_min_size: int = DEFAULT_F4_MIN_SPATIAL
+    # Which tiles' filters the Winograd graph transforms at every call instead of storing them
+    # ("none", "f4", "all"): less memory, more multiply-adds per call (docs/engine-folder.md).
+    winograd_per_call: str = "none"
 
     def __post_init__(self) -> None:
+        if self.winograd_per_call not in PER_CALL_CHOICES:
+            raise ValueError(f"winograd_per_call must be one of {tuple(PER_CALL_CHOICES)}, got {self.winograd_per_call!r}")
         if self.winograd not in WINOGRAD_MODES:
             raise ValueError(f"winograd must be one of {WINOGRAD_MODES}, got {self.winograd!r}")
         if not self.precisions or any(p not in PRECISIONS for p in self.precisions):
@@ -56,4 +61,6 @@ class BuildOptions:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["precisions"] = sorted(self.precisions)
+        if d["winograd_per_call"] == "none":  # what folders built before the option were built with: their build key stays
+            del d["winograd_per_call"]
         return d

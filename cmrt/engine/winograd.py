@@ -10,7 +10,8 @@ bytes.
 
 Where the transformed filters live in an engine folder, and how a load gets them, is
 cmrt/engine/winograd_filters.py's. A filter record without a `tile` is F(4x4), the only tile of
-folders built before F(2x2).
+folders built before F(2x2). A record with `chunks` is transformed per call: the graph takes its
+3x3 weights, in parts of output channels, and computes U itself (cmrt/build/winograd.py).
 """
 from __future__ import annotations
 
@@ -133,6 +134,16 @@ LEGACY_TILE = 4  # the tile of a filter record that names none
 def tile_of(record_filter: dict) -> WinogradTile:
     """The tile a filter record was rewritten with (records that name none are F(4x4))."""
     return TILES[int(record_filter.get("tile", LEGACY_TILE))]
+
+
+# Which tiles' filters a build transforms at every call instead of storing them (BuildOptions.winograd_per_call).
+PER_CALL_CHOICES = {"none": (), "f4": (4,), "all": (4, 2)}
+
+
+def per_call_inputs(record_filter: dict) -> list[tuple[str, int, int]]:
+    """(graph input, k0, k1) per part of a per-call filter record: the input takes output
+    channels [k0, k1) of its 3x3 weights as [(k1 - k0) * C, 9], as they lie in the weight file."""
+    return [(f"{record_filter['input']}/{j}", int(k0), int(k1)) for j, (k0, k1) in enumerate(record_filter["chunks"])]
 
 
 def filter_shape(record_filter: dict) -> tuple[int, int, int]:

@@ -8,6 +8,10 @@ GEMMs would be folded by ONNX Runtime at every session creation; computed at eve
 cost the transform plus the first touch of the filters in fresh memory. Folders built before the
 filters were stored still load: their filters are computed from the 3x3 weights
 (`filters_from_weight_file`).
+
+A filter record with `chunks` is transformed by the graph at every call: nothing of it is stored,
+and its inputs are views of its 3x3 weights in the weight file, mapped like the stored filters
+(`per_call_weights`).
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .winograd import KERNEL, filter_shape, tile_of
+from .winograd import KERNEL, filter_shape, per_call_inputs, tile_of
 
 # Stored filters start on page boundaries so that each maps on its own and a page never holds two.
 FILTER_ALIGN = 4096
@@ -25,15 +29,15 @@ FILTER_ALIGN = 4096
 def write_filters(folder, record: dict, name: str) -> int:
     """Transform every filter of `record` from the weight file and write them to `folder / name`.
 
-    One filter is in memory at a time. Each filter record gets `u_offset`, where its float32
-    [36, K, C] array starts in the file (a multiple of FILTER_ALIGN); `record["filters_file"]`
-    becomes `name`. The file is written inside a build's staging folder, which is what makes it
+    One filter is in memory at a time. Each stored filter record gets `u_offset`, where its float32
+    [alpha^2, K, C] array starts in the file (a multiple of FILTER_ALIGN); per-call records (with
+    `chunks`) store nothing. `record["filters_file"]` becomes `name`. The file is written inside a build's staging folder, which is what makes it
     atomic. Returns the file's size.
     """
     path = Path(folder) / name
     offset = 0
     with open(path, "wb") as f:
-        for rec in record["filters"]:
+        for rec in (r for r in record["filters"] if "chunks" not in r):
             u = filters_from_weight_file(folder, {**record, "filters": [rec]})[rec["input"]]
             pad = -offset % FILTER_ALIGN
             f.write(b"\0" * pad)
@@ -54,9 +58,12 @@ def mapped_filters(folder, record: dict) -> dict[str, np.ndarray]:
     from .manifest import inside
 
     path = inside(Path(folder), record["filters_file"])
+    stored = [f for f in record["filters"] if "chunks" not in f]
+    out = per_call_weights(folder, record)
+    if not stored:
+        return out
     whole = np.memmap(path, dtype=np.uint8, mode="r")  # one mapping; each filter is a view into it
-    out = {}
-    for f in record["filters"]:
+    for f in stored:
         shape = filter_shape(f)
         start = f.get("u_offset")
         if not isinstance(start, int) or start < 0 or start % FILTER_ALIGN or start + int(np.prod(shape)) * 4 > whole.size:
@@ -76,6 +83,45 @@ def winograd_filters(folder, record: dict) -> dict[str, np.ndarray]:
     return filters_from_weight_file(folder, record)
 
 
+def _checked_weights(folder, record: dict, f: dict, size: int) -> tuple[int, int, int]:
+    """(K, C, offset) of a filter record's 3x3 weights, after checking they lie inside the weight file."""
+    from .errors import EngineFolderError
+
+    k, c, kh, kw = (int(d) for d in f["shape"])
+    want = k * c * kh * kw * 4
+    offset = int(f["offset"])
+    if (kh, kw) != (KERNEL, KERNEL) or f["length"] != want or offset < 0 or offset + want > size:
+        raise EngineFolderError(
+            f"{Path(folder) / record['weights_file']}: the Winograd filter {f['input']} does not fit the weight file "
+            f"(offset {offset}, length {f['length']}, shape {[k, c, kh, kw]}, file {size} bytes); "
+            "rebuild the folder with `cmrt build`"
+        )
+    return k, c, offset
+
+
+def per_call_weights(folder, record: dict) -> dict[str, np.ndarray]:
+    """The inputs of the filters the graph transforms per call: each part of their 3x3 weights as
+    [(k1 - k0) * C, 9], a read-only view of the mapped weight file (no copy)."""
+    from .errors import EngineFolderError
+    from .manifest import inside
+
+    per_call = [f for f in record["filters"] if "chunks" in f]
+    if not per_call:
+        return {}
+    path = inside(Path(folder), record["weights_file"])
+    whole = np.memmap(path, dtype=np.uint8, mode="r")
+    out = {}
+    for f in per_call:
+        k, c, offset = _checked_weights(folder, record, f, whole.size)
+        if offset % 4:
+            raise EngineFolderError(f"{path}: the Winograd filter {f['input']} starts at an unaligned offset {offset}; "
+                                    "rebuild the folder with `cmrt build`")
+        for name, k0, k1 in per_call_inputs(f):
+            out[name] = np.ndarray(((k1 - k0) * c, KERNEL * KERNEL), dtype=np.float32, buffer=whole,
+                                   offset=offset + k0 * c * KERNEL * KERNEL * 4)
+    return out
+
+
 def filters_from_weight_file(folder, record: dict) -> dict[str, np.ndarray]:
     """The transformed filters a Winograd CPU graph takes as inputs, read from the fp32 weight file.
 
@@ -84,23 +130,14 @@ def filters_from_weight_file(folder, record: dict) -> dict[str, np.ndarray]:
     The record comes from an engine folder, so every filter is checked against the file
     before a byte is read (the manifest's schema checks the types; this the bounds).
     """
-    from .errors import EngineFolderError
     from .manifest import inside
 
     path = inside(Path(folder), record["weights_file"])
     size = path.stat().st_size
-    out = {}
-    for f in record["filters"]:
-        k, c, kh, kw = (int(d) for d in f["shape"])
-        want = k * c * kh * kw * 4
-        offset = int(f["offset"])
-        if (kh, kw) != (KERNEL, KERNEL) or f["length"] != want or offset < 0 or offset + want > size:
-            raise EngineFolderError(
-                f"{Path(folder) / record['weights_file']}: the Winograd filter {f['input']} does not fit the weight file "
-                f"(offset {offset}, length {f['length']}, shape {[k, c, kh, kw]}, file {size} bytes); "
-                "rebuild the folder with `cmrt build`"
-            )
-        w = np.memmap(path, dtype=np.float32, mode="r", offset=offset, shape=(k, c, kh, kw))
+    out = per_call_weights(folder, record)
+    for f in (f for f in record["filters"] if "chunks" not in f):
+        k, c, offset = _checked_weights(folder, record, f, size)
+        w = np.memmap(path, dtype=np.float32, mode="r", offset=offset, shape=(k, c, KERNEL, KERNEL))
         out[f["input"]] = tile_of(f).transform_filters(w)
         del w
     return out

@@ -145,6 +145,51 @@ def test_filters_as_inputs_match_the_folded_graph_and_drop_the_3x3_weights():
         wg.rewrite_winograd(model, filters="bake")
 
 
+@pytest.mark.parametrize("chunk_bytes", [0, 4096], ids=["whole", "parts"])
+def test_filters_transformed_per_call_match_the_direct_convolution(chunk_bytes):
+    """Per-call filters: the graph takes each part of the 3x3 weights as [Kc*C, 9] rows and makes U
+    itself; with a small `chunk_bytes` a GEMM with fewer tiles than input channels runs in parts."""
+    from cmrt.engine.winograd import per_call_inputs
+
+    # conv0: a 16x16 map with F(4x4): 16 tiles, 40 input channels, so it may split; conv1 (strided) stays
+    # a Conv; conv2: an 8x8 map with F(2x2), stored (its tile is not per call)
+    strided = {"pads": [1, 1, 1, 1], "strides": [2, 2]}
+    model = conv_model([(24, 3, PAD1, True), (24, 3, strided, False), (16, 3, PAD1, False)], c_in=40, size=16)
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    per_call = onnx.ModelProto()
+    per_call.CopyFrom(model)
+    report = wg.rewrite_winograd(per_call, filters="input", min_spatial=8, f4_min_spatial=16,
+                                 per_call_tiles=(4,), chunk_bytes=chunk_bytes)
+    first, second = report.runtime_filters
+    assert first["tile"] == 4 and second["tile"] == 2 and "chunks" not in second
+    # U of conv0: 36 * 40 * 4 = 5760 bytes per output channel, so parts of at most 4096 bytes hold one channel each
+    assert first["chunks"] == ([[0, 24]] if not chunk_bytes else [[k, k + 1] for k in range(24)])
+    assert report.tiles == {"conv0": 4, "conv2": 2}
+    assert report.added_filter_bytes == (16 - 9) * 4 * 16 * 24  # only the stored filter adds memory
+    concats = [n for n in per_call.graph.node if n.op_type == "Concat" and n.name.startswith("conv0/")]
+    assert len(concats) == (1 if chunk_bytes else 0)
+    onnx.checker.check_model(per_call)
+    rows = weights["w0"].reshape(-1, 9)
+    feeds = {name: rows[k0 * 40 : k1 * 40] for name, k0, k1 in per_call_inputs(first)}
+    feeds[second["input"]] = F2.transform_filters(weights["w2"])
+    x = np.random.default_rng(6).standard_normal((2, 40, 16, 16)).astype(np.float32)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    got = ort.InferenceSession(per_call.SerializeToString(), so).run(None, {"x": x, **feeds})[0]
+    want = run(model, x)
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    with pytest.raises(ValueError, match="per_call_tiles"):
+        wg.rewrite_winograd(model, filters="fold", per_call_tiles=(4,))
+    with pytest.raises(ValueError, match="per_call_tiles"):
+        wg.rewrite_winograd(model, filters="input", per_call_tiles=(3,))
+
+
+def test_per_call_parts_split_only_gemms_with_fewer_tiles_than_channels():
+    assert wg.per_call_chunks(10, 4, F4, tiles=1, chunk_bytes=0) == [[0, 10]]
+    assert wg.per_call_chunks(10, 4, F4, tiles=1, chunk_bytes=576 * 3) == [[0, 2], [2, 5], [5, 7], [7, 10]]  # 576 bytes of U per channel
+    assert wg.per_call_chunks(10, 4, F4, tiles=4, chunk_bytes=1) == [[0, 10]]  # as many tiles as channels: whole
+
+
 @pytest.mark.parametrize(
     "conv, size, min_spatial, reason",
     [
@@ -345,3 +390,41 @@ def test_the_map_size_thresholds_are_build_options_recorded_in_the_manifest(wide
     assert lean.winograd["rewrite"]["added_filter_bytes"] < default.winograd["rewrite"]["added_filter_bytes"]
     assert lean.data["build_options"]["winograd_f4_min_size"] == 64 and lean.data["build_key"] != default.data["build_key"]
     assert lean.winograd["validation"]["max_abs_error"] <= 1e-4
+
+
+@pytest.mark.parametrize("per_call", ["f4", "all"])
+def test_filters_transformed_per_call_give_the_stored_filters_images(wide_model, tmp_path, per_call):
+    """--winograd-per-call: the chosen tiles' filters are not stored; the graph reads their 3x3
+    weights from the weight file and makes U at each call. The same images as the stored filters
+    (and its own step graph's), a smaller filters file, and a build key of its own."""
+    import cmrt
+    from cmrt.build.folder import build_engine_folder
+    from cmrt.engine.manifest import read_manifest
+    from cmrt.engine.options import BuildOptions
+    from cmrt.engine.winograd import PER_CALL_CHOICES
+
+    folder, _ = wide_model
+    engine = build_engine_folder(str(folder), out=tmp_path / "per-call", options=BuildOptions(
+        precisions=("fp32",), max_batch=4, winograd="always", winograd_per_call=per_call))
+    stored_engine = build(wide_model, "always")
+    m, stored = read_manifest(engine), read_manifest(stored_engine)
+    tiles = PER_CALL_CHOICES[per_call]
+    assert {f["tile"] for f in m.winograd["filters"] if "chunks" in f} == set(tiles)
+    assert all(("chunks" in f) == (f["tile"] in tiles) for f in m.winograd["filters"])
+    assert m.data["files"][m.winograd["filters_file"]]["bytes"] < stored.data["files"][stored.winograd["filters_file"]]["bytes"]
+    assert m.data["build_options"]["winograd_per_call"] == per_call and m.data["build_key"] != stored.data["build_key"]
+    assert "winograd_per_call" not in stored.data["build_options"]  # the default keeps the key folders were built with
+    assert m.winograd["validation"]["max_abs_error"] <= 1e-4
+    kw = dict(batch_size=2, class_labels=[1, 7], num_inference_steps=2, seed=3, output_type="np")
+    want = cmrt.load(stored_engine, backend="onnxruntime", device="cpu", winograd=True)(**kw).images
+    numpy_loop = cmrt.load(engine, backend="onnxruntime", device="cpu", winograd=True)
+    assert np.abs(numpy_loop(**kw).images - want).max() <= 1e-4
+    step = cmrt.load(engine, backend="onnxruntime", device="cpu", winograd=True, step_graph=True)
+    assert np.abs(step(**kw).images - want).max() <= 1e-4
+
+
+def test_a_bad_per_call_choice_is_refused():
+    from cmrt.engine.options import BuildOptions
+
+    with pytest.raises(ValueError, match="winograd_per_call must be one of"):
+        BuildOptions(winograd_per_call="f2")

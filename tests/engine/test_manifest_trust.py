@@ -320,6 +320,15 @@ SCHEMA_CASES = {
     "filter-tile-3": _set("onnx.fp32.winograd.filters.0.tile", 3),
     "filter-tile-8": _set("onnx.fp32.winograd.filters.0.tile", 8),
     "filter-tile-str": _set("onnx.fp32.winograd.filters.0.tile", "4"),
+    "filter-chunks-short": lambda d: d["onnx"]["fp32"]["winograd"]["filters"][0].update(
+        chunks=[[0, d["onnx"]["fp32"]["winograd"]["filters"][0]["shape"][0] - 1]]),
+    "filter-chunks-gap": lambda d: d["onnx"]["fp32"]["winograd"]["filters"][0].update(
+        chunks=[[0, 1], [2, d["onnx"]["fp32"]["winograd"]["filters"][0]["shape"][0]]]),
+    "filter-chunks-empty-part": lambda d: d["onnx"]["fp32"]["winograd"]["filters"][0].update(
+        chunks=[[0, 0], [0, d["onnx"]["fp32"]["winograd"]["filters"][0]["shape"][0]]]),
+    "filter-chunks-not-pairs": _set("onnx.fp32.winograd.filters.0.chunks", [[0, 1, 2]]),
+    "filter-chunks-none": _set("onnx.fp32.winograd.filters.0.chunks", []),
+    "per-call-choice-unknown": _set("build_options.winograd_per_call", "f2"),
     "batching-chunk-zero": _set("onnx.fp32.batching.chunk", 0),
     "batching-chunk-str": _set("onnx.fp32.batching.chunk", "1"),
     "batching-chunk-huge": _set("onnx.fp32.batching.chunk", 10**9),
