@@ -19,8 +19,8 @@ folder is not touched):
   channels (a [9, Kc*C] input each, their products joined by a Concat), so that each part is
   small enough to come back from the cache instead of memory and the arena never holds a big one.
 - `kron-f4`: the same for the F(4x4) filters only, the F(2x2) ones stored. Per (input, output)
-  channel pair the transform costs the same 648 multiply-adds for either tile, while F(4x4) gives
-  back 27 floats of filter and F(2x2) 7.
+  channel pair the transform costs 324 multiply-adds for F(4x4) and gives back 27 floats of
+  filter; for F(2x2) 144 for 7, the worse trade.
 - `--rows`: the per-call graphs read the 3x3 weights where they already lie, in the folder's
   weight file ([K, C, 3, 3] is [K*C, 9] rows, and a chunk of output channels is a run of rows),
   with a Transpose in the graph, so that no second copy of the weights is stored.
