@@ -80,11 +80,11 @@ def conv_model(convs, c_in: int, size: int) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+def run(model: onnx.ModelProto, x: np.ndarray, feeds: dict | None = None) -> np.ndarray:
     so = ort.SessionOptions()
     so.log_severity_level = 3
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return sess.run(None, {"x": x})[0]
+    return sess.run(None, {"x": x, **(feeds or {})})[0]
 
 
 PAD1 = {"pads": [1, 1, 1, 1]}
@@ -136,10 +136,7 @@ def test_filters_as_inputs_match_the_folded_graph_and_drop_the_3x3_weights():
     assert [f["tile"] for f in report.runtime_filters] == [2, 2]  # 16x16 maps
     feeds = {f["input"]: TILES[f["tile"]].transform_filters(weights[f["weight"]]) for f in report.runtime_filters}
     x = np.random.default_rng(5).standard_normal((2, 8, 16, 16)).astype(np.float32)
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    got = ort.InferenceSession(as_inputs.SerializeToString(), so).run(None, {"x": x, **feeds})[0]
-    want = run(model, x)
+    got, want = run(as_inputs, x, feeds), run(model, x)
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
     with pytest.raises(ValueError, match="filters must be one of"):
         wg.rewrite_winograd(model, filters="bake")
@@ -173,10 +170,7 @@ def test_filters_transformed_per_call_match_the_direct_convolution(chunk_bytes):
     feeds = {name: rows[k0 * 40 : k1 * 40] for name, k0, k1 in per_call_inputs(first)}
     feeds[second["input"]] = F2.transform_filters(weights["w2"])
     x = np.random.default_rng(6).standard_normal((2, 40, 16, 16)).astype(np.float32)
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    got = ort.InferenceSession(per_call.SerializeToString(), so).run(None, {"x": x, **feeds})[0]
-    want = run(model, x)
+    got, want = run(per_call, x, feeds), run(model, x)
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
     with pytest.raises(ValueError, match="per_call_tiles"):
         wg.rewrite_winograd(model, filters="fold", per_call_tiles=(4,))
