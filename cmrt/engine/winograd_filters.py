@@ -31,8 +31,8 @@ def write_filters(folder, record: dict, name: str) -> int:
 
     One filter is in memory at a time. Each stored filter record gets `u_offset`, where its float32
     [alpha^2, K, C] array starts in the file (a multiple of FILTER_ALIGN); per-call records (with
-    `chunks`) store nothing. `record["filters_file"]` becomes `name`. The file is written inside a build's staging folder, which is what makes it
-    atomic. Returns the file's size.
+    `chunks`) store nothing. `record["filters_file"]` becomes `name`. The file is written inside a
+    build's staging folder, which is what makes it atomic. Returns the file's size.
     """
     path = Path(folder) / name
     offset = 0
