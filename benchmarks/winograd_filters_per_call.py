@@ -51,7 +51,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.latency.coldstart import peak_rss_bytes
-from cmrt.engine.winograd import tile_of
+from cmrt.build.winograd import per_call_chunks
+from cmrt.engine.winograd import PER_CALL_CHOICES, tile_of
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = ("stored", "kron", "kron-f4")
@@ -75,23 +76,15 @@ def _winograd_record(engine: Path) -> dict:
 
 
 def _chunks(f: dict, chunk_bytes: int) -> list[tuple[int, int]]:
-    """[k0, k1) output-channel ranges of a filter whose U each take at most `chunk_bytes` (one when 0).
-
-    Only a GEMM with fewer tiles than input channels is split: its product M ([alpha^2, K, tiles]
-    per image), which the Concat copies, is then smaller than U, which the split keeps in cache.
-    A GEMM on a large map would copy more than it saves and run thinner.
-    """
+    """[k0, k1) output-channel ranges of a filter, by the build's rule (`per_call_chunks`; one when 0)."""
     k, c = f["shape"][:2]
-    per_k = tile_of(f).filter_values() * c * 4
-    split = chunk_bytes and f.get("tiles", 0) < c
-    n = 1 if not split else max(1, min(k, -(-k * per_k // chunk_bytes)))
-    bounds = [i * k // n for i in range(n + 1)]
-    return list(zip(bounds[:-1], bounds[1:]))
+    return [(a, b) for a, b in per_call_chunks(k, c, tile_of(f), f.get("tiles", 0), chunk_bytes)]
 
 
 def _per_call(rec: dict, mode: str) -> list[dict]:
     """The filters `mode` transforms at each call (the others stay stored)."""
-    return [f for f in rec["filters"] if mode == "kron" or (mode == "kron-f4" and tile_of(f).m == 4)]
+    tiles = PER_CALL_CHOICES[{"kron": "all", "kron-f4": "f4"}.get(mode, "none")]
+    return [f for f in rec["filters"] if tile_of(f).m in tiles]
 
 
 def _per_call_graph(engine: Path, rec: dict, mode: str, work: Path, chunk_bytes: int, rows: bool) -> Path:
