@@ -31,8 +31,9 @@ logger = logging.getLogger(__name__)
 # 2: fp32 weights in a separate file, shared with the Winograd CPU graph; 3: its filters as inputs;
 # 4: a step graph beside every graph, sharing its weight file (fp16 weights in a separate file too);
 # 5: the Winograd graph's transformed filters stored in the folder; 6: F(2x2) tiles on maps below
-# 32x32, channels folded into the batch for the input transform
-EXPORT_RECIPE = 6
+# 32x32, channels folded into the batch for the input transform; 7: per-call filter transforms
+# ordered after their convolution's input transform
+EXPORT_RECIPE = 7
 
 
 def build_key(source_record: dict[str, Any], options: BuildOptions) -> str:

@@ -226,12 +226,27 @@ def rewrite_winograd(
                    "chunks": per_call_chunks(k, c, tile, th * tw, chunk_bytes)}
             report.runtime_filters.append(rec)
             basis = const(f"cmrt_winograd/F{m}/G", tile.filter_basis_matrix())
-            gemm, parts = [], []
+            # The parts depend only on graph inputs, so a topological order may run their transforms
+            # anywhere before their GEMMs, and ONNX Runtime's runs most of them at the start (more so
+            # from its saved optimized graph), where every U made early stays in the arena until its
+            # GEMM. Each part's weights therefore pass through a Reshape whose shape is [rows, 9]
+            # plus zeros taken from V's shape: a few integer ops, after which no order can make U
+            # before V, that is before the convolution's input is ready.
+            gemm = [
+                helper.make_node("Shape", [f"{p}/V"], [f"{p}/V_shape"]),
+                helper.make_node("Slice", [f"{p}/V_shape", const("cmrt_winograd/int0", [0], np.int64),
+                                           const("cmrt_winograd/int2", [2], np.int64)], [f"{p}/V_dims"]),
+                helper.make_node("Mul", [f"{p}/V_dims", const("cmrt_winograd/int0", [0], np.int64)], [f"{p}/after_V"]),
+            ]
+            parts = []
             for j, (part, k0, k1) in enumerate(per_call_inputs(rec)):
-                graph.input.append(helper.make_tensor_value_info(part, TensorProto.FLOAT, [(k1 - k0) * c, KERNEL * KERNEL]))
+                rows = (k1 - k0) * c
+                graph.input.append(helper.make_tensor_value_info(part, TensorProto.FLOAT, [rows, KERNEL * KERNEL]))
                 # U's part = kron(G, G) @ its weights as [9, (k1-k0)*C]; ONNX Runtime folds the Transpose into the MatMul
                 gemm += [
-                    helper.make_node("Transpose", [part], [f"{p}/W_t/{j}"], perm=[1, 0]),
+                    helper.make_node("Add", [shape_const(f"w_shape/{j}", [rows, KERNEL * KERNEL]), f"{p}/after_V"], [f"{p}/w_shape_after_V/{j}"]),
+                    helper.make_node("Reshape", [part, f"{p}/w_shape_after_V/{j}"], [f"{p}/W/{j}"]),
+                    helper.make_node("Transpose", [f"{p}/W/{j}"], [f"{p}/W_t/{j}"], perm=[1, 0]),
                     helper.make_node("MatMul", [basis, f"{p}/W_t/{j}"], [f"{p}/U_flat/{j}"]),
                     helper.make_node("Reshape", [f"{p}/U_flat/{j}", shape_const(f"u_shape/{j}", [a * a, k1 - k0, c])], [f"{p}/U_part/{j}"]),
                     helper.make_node("MatMul", [f"{p}/U_part/{j}", f"{p}/V"], [f"{p}/M/{j}"]),

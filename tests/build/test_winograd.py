@@ -178,6 +178,29 @@ def test_filters_transformed_per_call_match_the_direct_convolution(chunk_bytes):
         wg.rewrite_winograd(model, filters="input", per_call_tiles=(3,))
 
 
+def test_per_call_transforms_cannot_run_before_their_convolution_s_input():
+    """Every part of U is made after its convolution's V in any topological order, so ONNX
+    Runtime cannot make the transforms early and hold their U in the arena until the GEMMs."""
+    model = conv_model([(24, 3, PAD1, True), (24, 3, PAD1, False), (16, 3, PAD1, False)], c_in=40, size=16)
+    report = wg.rewrite_winograd(model, filters="input", f4_min_spatial=16, per_call_tiles=(4,), chunk_bytes=4096)
+    producer = {o: n for n in model.graph.node for o in n.output}
+
+    def ancestors(name: str) -> set[str]:
+        seen, todo = set(), [name]
+        while todo:
+            node = producer.get(todo.pop())
+            if node is not None and node.name not in seen:
+                seen.add(node.name)
+                todo.extend(node.input)
+        return seen
+
+    transforms = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[0] == "cmrt_winograd/F4/G"]
+    assert len(transforms) == sum(len(f["chunks"]) for f in report.runtime_filters) > 3 * 2  # in parts
+    for n in transforms:
+        conv = n.name.split("/")[0]
+        assert producer[f"{conv}/winograd/V"].name in ancestors(n.output[0]), n.name
+
+
 def test_per_call_parts_split_only_gemms_with_fewer_tiles_than_channels():
     assert wg.per_call_chunks(10, 4, F4, tiles=1, chunk_bytes=0) == [[0, 10]]
     assert wg.per_call_chunks(10, 4, F4, tiles=1, chunk_bytes=576 * 3) == [[0, 2], [2, 5], [5, 7], [7, 10]]  # 576 bytes of U per channel
