@@ -39,9 +39,10 @@ def alternated_medians(backends: dict[str, Any], manifest, runs: int, batches=(1
     return medians, outputs
 
 
-def folder_winograd_backend(engine, record: dict):
-    """An ONNX Runtime CPU backend on `engine`'s own Winograd graph, its stored filters mapped."""
+def folder_winograd_backend(engine, record: dict, batch_chunk: int | None = None):
+    """An ONNX Runtime CPU backend on `engine`'s own Winograd graph, its stored filters mapped;
+    `batch_chunk`: the most images per call (the manifest's `batch_chunk` is what `cmrt.load` runs)."""
     from cmrt.engine.winograd_filters import mapped_filters
     from cmrt.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
-    return OnnxRuntimeBackend(engine / record["file"], extra_inputs=mapped_filters(engine, record))
+    return OnnxRuntimeBackend(engine / record["file"], extra_inputs=mapped_filters(engine, record), batch_chunk=batch_chunk)

@@ -1,13 +1,17 @@
 """The folder's Winograd CPU graph against the one an earlier cmrt commit builds from the same
 export: speed, filter memory and output, alternated call by call in one process.
 
-Run: .venv/bin/python -m benchmarks.winograd_against_commit COMMIT ENGINE_DIR [--runs 9]
+Run: .venv/bin/python -m benchmarks.winograd_against_commit COMMIT ENGINE_DIR [--runs 9] [--as-loaded]
 
 Why: a change to the rewrite must keep the CPU graph's warm latency; timing the two graphs in
 one process, in turn, cancels the drift between separate runs on a shared machine. The earlier
 graph is made by the earlier code itself: COMMIT is checked out in a temporary git worktree and
 its `cmrt.build.cpu_graph.winograd_rewrite` run in a subprocess on a scratch copy of the
-folder's fp32 export, its filters stored as that commit's build stores them.
+folder's fp32 export, its filters stored as that commit's build stores them (commits from before
+cmrt/build: the rewrite of cmrt/export, its filters computed as that commit's load did).
+The folder's graph runs as `cmrt.load` runs it, including filters transformed per call; with
+`--as-loaded` also at its build's batch per call, which is how a warm latency compares with an
+earlier commit's that ran every batch in one call.
 """
 from __future__ import annotations
 
@@ -109,6 +113,9 @@ def main(argv=None) -> int:
     p.add_argument("commit")
     p.add_argument("engine", type=Path)
     p.add_argument("--runs", type=int, default=9)
+    p.add_argument("--as-loaded", action="store_true",
+                   help="run the folder's graph at the batch per call its build measured, as cmrt.load does (the "
+                        "earlier graph always takes a batch in one call, as cmrt did before its builds measured one)")
     args = p.parse_args(argv)
     if args.runs < 1:
         p.error("--runs must be >= 1")
@@ -122,10 +129,11 @@ def main(argv=None) -> int:
         old, new = args.commit[:12], "folder"
         backends = {
             old: OnnxRuntimeBackend(old_dir / "winograd.onnx", extra_inputs=earlier_filters(old_dir, old_rec)),
-            new: folder_winograd_backend(args.engine, rec),
+            new: folder_winograd_backend(args.engine, rec, manifest.batch_chunk(args.engine / rec["file"]) if args.as_loaded else None),
         }
         print(f"filters: {old} {filters_mib(old_dir, old_rec):.0f} MiB, "
-              f"folder {(args.engine / rec['filters_file']).stat().st_size / 2**20:.0f} MiB")
+              f"folder {(args.engine / rec['filters_file']).stat().st_size / 2**20:.0f} MiB; folder's images per call: "
+              f"{backends[new].batch_chunk or 'the whole batch'}")
         medians, outputs = alternated_medians(backends, manifest, args.runs, settle_s=0.1)
         for batch, med in medians.items():
             diff = float(np.abs(outputs[batch][new] - outputs[batch][old]).max())

@@ -25,6 +25,12 @@ folder is not touched):
   weight file ([K, C, 3, 3] is [K*C, 9] rows, and a chunk of output channels is a run of rows),
   with a Transpose in the graph, so that no second copy of the weights is stored.
 
+These graphs are this script's own, made to compare ways of transforming the filters; they lack
+the build's ordering dependency (`cmrt/build/winograd.py`: each part of U made after its
+convolution's V), so ONNX Runtime runs many of their transforms early and their peaks are above
+those of a folder built with `--winograd-per-call`. A built folder is measured with
+`benchmarks.latency.coldstart` (peak) and `benchmarks.winograd_against_commit` (latency).
+
 Every graph runs in cmrt's ONNX Runtime CPU backend, with its session options, opened from the
 graph itself (not from the optimized-graph cache that `cmrt.load` opens, so the peaks are above a
 load's; the differences between the graphs are what this measures).

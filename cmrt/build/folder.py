@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 # 4: a step graph beside every graph, sharing its weight file (fp16 weights in a separate file too);
 # 5: the Winograd graph's transformed filters stored in the folder; 6: F(2x2) tiles on maps below
 # 32x32, channels folded into the batch for the input transform; 7: per-call filter transforms
-# ordered after their convolution's input transform
+# ordered after their convolution's input transform, convolutions with a large V in bands of rows
 EXPORT_RECIPE = 7
 
 

@@ -64,6 +64,30 @@ def per_call_chunks(k: int, c: int, tile: WinogradTile, tiles: int, chunk_bytes:
     return [[a, b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
+# A convolution whose input tiles V (C * alpha^2 * tiles floats per image) exceed this is made in
+# bands of rows, each band's V, products and output made before the next's: on LSUN-256's
+# 256x256 maps V is 2.25x the input (F(4x4)) and is held twice while it is put tile-position-major,
+# which made those convolutions the graph's memory peak. The bands cost a copy of the input rows
+# (with a one-row halo) and one of the output (the join); maps of ImageNet-64 size stay whole.
+ROW_BAND_V_BYTES = 128 << 20
+
+
+def row_bands(c: int, tile: WinogradTile, th: int, tw: int, band_bytes: int = ROW_BAND_V_BYTES) -> list[tuple[int, int]]:
+    """The output rows [r0, r1) of each band of a convolution with th x tw tiles and C input
+    channels: the fewest bands (a power of two dividing th) whose V stays within `band_bytes`
+    per image; one band, the whole map, when it already does or `band_bytes` is 0."""
+    v = c * tile.alpha * tile.alpha * th * tw * 4
+    n = 1
+    while band_bytes and v > n * band_bytes and th % (2 * n) == 0:
+        n *= 2
+    rows = th // n * tile.m
+    return [(i * rows, (i + 1) * rows) for i in range(n)]
+
+
+def band_suffix(b: int) -> str:
+    return f"/band{b}"
+
+
 @dataclass
 class RewriteReport:
     rewritten: list[str] = field(default_factory=list)
@@ -74,6 +98,7 @@ class RewriteReport:
     # filters="input": [{"input": graph input for U, "weight": 3x3 initializer name, "shape": [K, C, 3, 3], "tile": m}],
     # and "chunks" for a filter transformed per call (its graph inputs: engine/winograd.py's per_call_inputs)
     runtime_filters: list[dict] = field(default_factory=list)
+    row_bands: dict[str, int] = field(default_factory=dict)  # rewritten conv name -> its bands of rows, where more than one
 
     def to_dict(self) -> dict:
         reasons: dict[str, int] = {}
@@ -87,6 +112,7 @@ class RewriteReport:
             "kept": len(self.kept),
             "kept_because": reasons,
             "added_filter_bytes": self.added_filter_bytes,
+            **({"in_row_bands": len(self.row_bands)} if self.row_bands else {}),
         }
 
 
@@ -153,6 +179,7 @@ def rewrite_winograd(
     f4_min_spatial: int = DEFAULT_F4_MIN_SPATIAL,
     per_call_tiles: tuple[int, ...] = (),
     chunk_bytes: int = PER_CALL_CHUNK_BYTES,
+    band_bytes: int = ROW_BAND_V_BYTES,
 ):
     """Replace eligible Convs in `model` (an onnx ModelProto, changed in place) and report which.
 
@@ -173,6 +200,9 @@ def rewrite_winograd(
     output channels, `per_call_chunks`) and computes each part of U just before its GEMM. U then
     lives in ONNX Runtime's arena only while its GEMM runs: the graph holds the 3x3 weights, not
     the 4x (F(4x4)) or 1.8x (F(2x2)) larger U, and pays the transform's multiply-adds per call.
+
+    `band_bytes`: a convolution whose V exceeds it per image is made in bands of rows
+    (`row_bands`; 0: never).
     """
     from onnx import TensorProto, helper, numpy_helper
 
@@ -220,7 +250,9 @@ def rewrite_winograd(
 
         x, out = node.input[0], node.output[0]
         per_call = m in per_call_tiles
-        gemm = [helper.make_node("MatMul", [f"{p}/U", f"{p}/V"], [f"{p}/M"])]
+        bands = row_bands(c, tile, th, tw, band_bytes)
+        # U, as the parts of output channels its GEMMs take: [(U's part, k0, k1)]
+        nodes, u_parts = [], [(f"{p}/U", 0, k)]
         if per_call:
             rec = {"input": f"{p}/U", "weight": node.input[1], "shape": [k, c, KERNEL, KERNEL], "tile": m,
                    "chunks": per_call_chunks(k, c, tile, th * tw, chunk_bytes)}
@@ -230,37 +262,31 @@ def rewrite_winograd(
             # anywhere before their GEMMs, and ONNX Runtime's runs most of them at the start (more so
             # from its saved optimized graph), where every U made early stays in the arena until its
             # GEMM. Each part's weights therefore pass through a Reshape whose shape is [rows, 9]
-            # plus zeros taken from V's shape: a few integer ops, after which no order can make U
-            # before V, that is before the convolution's input is ready.
-            gemm = [
-                helper.make_node("Shape", [f"{p}/V"], [f"{p}/V_shape"]),
+            # plus zeros taken from V's shape (the first band's): a few integer ops, after which no
+            # order can make U before V, that is before the convolution's input is ready.
+            v_first = f"{p}/V" + (band_suffix(0) if len(bands) > 1 else "")
+            after_v = [
+                helper.make_node("Shape", [v_first], [f"{p}/V_shape"]),
                 helper.make_node("Slice", [f"{p}/V_shape", const("cmrt_winograd/int0", [0], np.int64),
                                            const("cmrt_winograd/int2", [2], np.int64)], [f"{p}/V_dims"]),
                 helper.make_node("Mul", [f"{p}/V_dims", const("cmrt_winograd/int0", [0], np.int64)], [f"{p}/after_V"]),
             ]
-            parts = []
+            u_made, u_parts = [], []  # per part, the nodes that make it (the first part's also make the zeros)
             for j, (part, k0, k1) in enumerate(per_call_inputs(rec)):
                 rows = (k1 - k0) * c
                 graph.input.append(helper.make_tensor_value_info(part, TensorProto.FLOAT, [rows, KERNEL * KERNEL]))
                 # U's part = kron(G, G) @ its weights as [9, (k1-k0)*C]; ONNX Runtime folds the Transpose into the MatMul
-                gemm += [
+                u_made.append((after_v if j == 0 else []) + [
                     helper.make_node("Add", [shape_const(f"w_shape/{j}", [rows, KERNEL * KERNEL]), f"{p}/after_V"], [f"{p}/w_shape_after_V/{j}"]),
                     helper.make_node("Reshape", [part, f"{p}/w_shape_after_V/{j}"], [f"{p}/W/{j}"]),
                     helper.make_node("Transpose", [f"{p}/W/{j}"], [f"{p}/W_t/{j}"], perm=[1, 0]),
                     helper.make_node("MatMul", [basis, f"{p}/W_t/{j}"], [f"{p}/U_flat/{j}"]),
                     helper.make_node("Reshape", [f"{p}/U_flat/{j}", shape_const(f"u_shape/{j}", [a * a, k1 - k0, c])], [f"{p}/U_part/{j}"]),
-                    helper.make_node("MatMul", [f"{p}/U_part/{j}", f"{p}/V"], [f"{p}/M/{j}"]),
-                ]
-                parts.append(f"{p}/M/{j}")
-            if len(parts) == 1:
-                gemm[-1].output[0] = f"{p}/M"
-            else:  # M is [N, a^2, K, tiles]: the parts side by side along K
-                gemm.append(helper.make_node("Concat", parts, [f"{p}/M"], axis=2))
-            nodes = []
+                ])
+                u_parts.append((f"{p}/U_part/{j}", k0, k1))
         elif filters == "input":
             graph.input.append(helper.make_tensor_value_info(f"{p}/U", TensorProto.FLOAT, [a * a, k, c]))
             report.runtime_filters.append({"input": f"{p}/U", "weight": node.input[1], "shape": [k, c, KERNEL, KERNEL], "tile": m})
-            nodes = []
         else:
             nodes = [
                 # U = G W G^T as [a^2, K, C]: constant, folded by ONNX Runtime at session creation. One
@@ -271,29 +297,56 @@ def rewrite_winograd(
                 helper.make_node("MatMul", [const(f"cmrt_winograd/F{m}/G", tile.filter_basis_matrix()), f"{p}/W_t"], [f"{p}/U_flat"]),
                 helper.make_node("Reshape", [f"{p}/U_flat", shape_const("u_shape", [a * a, k, c])], [f"{p}/U"]),
             ]
-        nodes += [
-            # V: every a x a tile (stride m, zero padding 1) through the a^2 input-transform filters,
-            # then tile-position-major: [N, a^2, C, tiles]. Each channel goes through the same filters,
-            # so the channels are folded into the batch and one 1-in, a^2-out Conv does them all
-            # (a group=C Conv measured slower, and a separable 6x1 + 1x6 pair no faster).
-            helper.make_node("Reshape", [x, shape_const("x_shape", [-1, 1, h, w])], [f"{p}/X_1"]),
-            helper.make_node(
-                "Conv", [f"{p}/X_1", basis_in], [f"{p}/V_nchw"], kernel_shape=[a, a], strides=[m, m], pads=[1, 1, 1, 1]
-            ),
-            helper.make_node("Reshape", [f"{p}/V_nchw", shape_const("v_shape", [-1, c, a * a, th * tw])], [f"{p}/V_c"]),
-            helper.make_node("Transpose", [f"{p}/V_c"], [f"{p}/V"], perm=[0, 2, 1, 3]),
-        ]
-        # M: a^2 GEMMs [K, C] x [C, tiles]. (A group-36 1x1 Conv measured slower and folds slower.)
-        nodes += gemm
-        nodes += [
-            # Y: the output transform as one [m^2, a^2] GEMM; DCR DepthToSpace puts each m x m tile in place.
-            helper.make_node("Reshape", [f"{p}/M", shape_const("m_shape", [0, a * a, k * th * tw])], [f"{p}/M_flat"]),
-            helper.make_node("MatMul", [basis_out, f"{p}/M_flat"], [f"{p}/Y_flat"]),
-            helper.make_node("Reshape", [f"{p}/Y_flat", shape_const("y_shape", [0, m * m * k, th, tw])], [f"{p}/Y_dcr"]),
-        ]
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
         y = out if bias is None else f"{p}/Y"
-        nodes.append(helper.make_node("DepthToSpace", [f"{p}/Y_dcr"], [y], blocksize=m, mode="DCR"))
+        band_outputs = []
+        for b, (r0, r1) in enumerate(bands):
+            sfx = band_suffix(b) if len(bands) > 1 else ""
+            tb = (r1 - r0) // m  # tile rows of this band
+            x_band, top, bottom = x, 1, 1
+            if len(bands) > 1:
+                # rows [r0 - 1, r1 + 1) of the input, the zero padding only at the map's edges: the
+                # band's tiles are exactly the whole map's tiles of rows [r0, r1)
+                i0, i1 = max(r0 - 1, 0), min(r1 + 1, h)
+                top, bottom = 1 - (r0 - i0), 1 - (i1 - r1)
+                x_band = f"{p}/X{sfx}"
+                nodes.append(helper.make_node("Slice", [x, shape_const(f"x_rows{sfx}", [i0]), shape_const(f"x_rows_end{sfx}", [i1]),
+                                                        const("cmrt_winograd/int2", [2], np.int64)], [x_band]))
+            rows_in = (r1 - r0) + 2 - top - bottom
+            v = f"{p}/V{sfx}"
+            nodes += [
+                # V: every a x a tile (stride m, zero padding 1) through the a^2 input-transform filters,
+                # then tile-position-major: [N, a^2, C, tiles]. Each channel goes through the same filters,
+                # so the channels are folded into the batch and one 1-in, a^2-out Conv does them all
+                # (a group=C Conv measured slower, and a separable 6x1 + 1x6 pair no faster).
+                helper.make_node("Reshape", [x_band, shape_const(f"x_shape{sfx}", [-1, 1, rows_in, w])], [f"{p}/X_1{sfx}"]),
+                helper.make_node("Conv", [f"{p}/X_1{sfx}", basis_in], [f"{p}/V_nchw{sfx}"], kernel_shape=[a, a],
+                                 strides=[m, m], pads=[top, 1, bottom, 1]),
+                helper.make_node("Reshape", [f"{p}/V_nchw{sfx}", shape_const(f"v_shape{sfx}", [-1, c, a * a, tb * tw])], [f"{p}/V_c{sfx}"]),
+                helper.make_node("Transpose", [f"{p}/V_c{sfx}"], [v], perm=[0, 2, 1, 3]),
+            ]
+            # M: a^2 GEMMs [K, C] x [C, tiles], per part of U's output channels; the parts' products
+            # side by side along K ([N, a^2, K, tiles]). (A group-36 1x1 Conv measured slower and folds slower.)
+            products = []
+            for j, (u, _, _) in enumerate(u_parts):
+                if b == 0 and per_call:  # each part of U made just before its first GEMM, then reused by the other bands
+                    nodes += u_made[j]
+                products.append(f"{p}/M{sfx}" if len(u_parts) == 1 else f"{p}/M{sfx}/{j}")
+                nodes.append(helper.make_node("MatMul", [u, v], [products[-1]]))
+            if len(u_parts) > 1:
+                nodes.append(helper.make_node("Concat", products, [f"{p}/M{sfx}"], axis=2))
+            y_band = y if len(bands) == 1 else f"{p}/Y{sfx}"
+            nodes += [
+                # Y: the output transform as one [m^2, a^2] GEMM; DCR DepthToSpace puts each m x m tile in place.
+                helper.make_node("Reshape", [f"{p}/M{sfx}", shape_const(f"m_shape{sfx}", [0, a * a, k * tb * tw])], [f"{p}/M_flat{sfx}"]),
+                helper.make_node("MatMul", [basis_out, f"{p}/M_flat{sfx}"], [f"{p}/Y_flat{sfx}"]),
+                helper.make_node("Reshape", [f"{p}/Y_flat{sfx}", shape_const(f"y_shape{sfx}", [0, m * m * k, tb, tw])], [f"{p}/Y_dcr{sfx}"]),
+                helper.make_node("DepthToSpace", [f"{p}/Y_dcr{sfx}"], [y_band], blocksize=m, mode="DCR"),
+            ]
+            band_outputs.append(y_band)
+        if len(bands) > 1:  # the bands' rows in order
+            nodes.append(helper.make_node("Concat", band_outputs, [y], axis=2))
+            report.row_bands[name] = len(bands)
         if bias is not None:
             nodes.append(helper.make_node("Reshape", [bias, shape_const("bias_shape", [1, k, 1, 1])], [f"{p}/bias"]))
             nodes.append(helper.make_node("Add", [y, f"{p}/bias"], [out]))

@@ -201,6 +201,47 @@ def test_per_call_transforms_cannot_run_before_their_convolution_s_input():
         assert producer[f"{conv}/winograd/V"].name in ancestors(n.output[0]), n.name
 
 
+@pytest.mark.parametrize("per_call", [(), (4, 2)], ids=["stored", "per-call"])
+@pytest.mark.parametrize("f4_min_spatial, tile", [(16, F4), (32, F2)], ids=["F4", "F2"])
+def test_a_convolution_made_in_bands_of_rows_matches_the_direct_one(f4_min_spatial, tile, per_call):
+    """Bands of rows, each with its one-row halo and the zero padding only at the map's edges,
+    give the whole map's convolution at any batch, with stored or per-call filters."""
+    from cmrt.engine.winograd import per_call_inputs
+
+    model = conv_model([(24, 3, PAD1, True), (16, 3, PAD1, False)], c_in=8, size=16)
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    banded = onnx.ModelProto()
+    banded.CopyFrom(model)
+    v_bytes = 8 * tile.alpha ** 2 * (16 // tile.m) ** 2 * 4  # conv0's V per image
+    report = wg.rewrite_winograd(banded, filters="input", f4_min_spatial=f4_min_spatial, per_call_tiles=per_call,
+                                 band_bytes=v_bytes // 4)
+    assert report.row_bands["conv0"] == 4 and report.to_dict()["in_row_bands"] == len(report.row_bands)
+    onnx.checker.check_model(banded)
+    feeds = {}
+    for f in report.runtime_filters:
+        w = weights[f["weight"]]
+        if "chunks" in f:
+            rows = w.reshape(-1, 9)
+            feeds.update({name: rows[k0 * w.shape[1]:k1 * w.shape[1]] for name, k0, k1 in per_call_inputs(f)})
+        else:
+            feeds[f["input"]] = tile.transform_filters(w)
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, 8, 16, 16)).astype(np.float32)
+        want, got = run(model, x), run(banded, x, feeds)
+        assert got.shape == want.shape
+        assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_row_bands_are_the_fewest_that_keep_v_within_the_bound():
+    v = 8 * 36 * 8 * 8 * 4  # C=8, F(4x4), 8x8 tiles: a 32x32 map
+    assert wg.row_bands(8, F4, 8, 8, band_bytes=v) == [(0, 32)]
+    assert wg.row_bands(8, F4, 8, 8, band_bytes=0) == [(0, 32)]
+    assert wg.row_bands(8, F4, 8, 8, band_bytes=v // 2) == [(0, 16), (16, 32)]
+    assert wg.row_bands(8, F4, 8, 8, band_bytes=v // 3) == [(0, 8), (8, 16), (16, 24), (24, 32)]
+    assert len(wg.row_bands(8, F4, 8, 8, band_bytes=1)) == 8  # at most one tile row per band
+    assert wg.row_bands(8, F2, 3, 8, band_bytes=1) == [(0, 6)]  # 3 tile rows: no power of two divides them
+
+
 def test_per_call_parts_split_only_gemms_with_fewer_tiles_than_channels():
     assert wg.per_call_chunks(10, 4, F4, tiles=1, chunk_bytes=0) == [[0, 10]]
     assert wg.per_call_chunks(10, 4, F4, tiles=1, chunk_bytes=576 * 3) == [[0, 2], [2, 5], [5, 7], [7, 10]]  # 576 bytes of U per channel
