@@ -1,7 +1,7 @@
 """The folder's Winograd CPU graph against the one an earlier cmrt commit builds from the same
 export: speed, filter memory and output, alternated call by call in one process.
 
-Run: .venv/bin/python -m benchmarks.winograd_against_commit COMMIT ENGINE_DIR [--runs 9] [--as-loaded]
+Run: .venv/bin/python -m benchmarks.winograd_against_commit COMMIT ENGINE_DIR [--runs 9] [--batch 1 4] [--as-loaded]
 
 Why: a change to the rewrite must keep the CPU graph's warm latency; timing the two graphs in
 one process, in turn, cancels the drift between separate runs on a shared machine. The earlier
@@ -113,12 +113,13 @@ def main(argv=None) -> int:
     p.add_argument("commit")
     p.add_argument("engine", type=Path)
     p.add_argument("--runs", type=int, default=9)
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     p.add_argument("--as-loaded", action="store_true",
                    help="run the folder's graph at the batch per call its build measured, as cmrt.load does (the "
                         "earlier graph always takes a batch in one call, as cmrt did before its builds measured one)")
     args = p.parse_args(argv)
-    if args.runs < 1:
-        p.error("--runs must be >= 1")
+    if args.runs < 1 or min(args.batch) < 1:
+        p.error("--runs and --batch must be >= 1")
     manifest = read_manifest(args.engine)
     rec = manifest.winograd
     if not (rec and rec.get("used") and rec.get("filters_file")):
@@ -134,7 +135,7 @@ def main(argv=None) -> int:
         print(f"filters: {old} {filters_mib(old_dir, old_rec):.0f} MiB, "
               f"folder {(args.engine / rec['filters_file']).stat().st_size / 2**20:.0f} MiB; folder's images per call: "
               f"{backends[new].batch_chunk or 'the whole batch'}")
-        medians, outputs = alternated_medians(backends, manifest, args.runs, settle_s=0.1)
+        medians, outputs = alternated_medians(backends, manifest, args.runs, batches=args.batch, settle_s=0.1)
         for batch, med in medians.items():
             diff = float(np.abs(outputs[batch][new] - outputs[batch][old]).max())
             print(f"batch {batch}: {old} {med[old]:.1f} ms, folder {med[new]:.1f} ms ({med[new] / med[old]:.3f}x); "

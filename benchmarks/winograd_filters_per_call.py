@@ -1,7 +1,7 @@
 """Winograd filters transformed inside the graph at every call, against the stored transformed filters:
 latency and peak RSS of the same engine folder's Winograd CPU graph.
 
-Run: .venv/bin/python -m benchmarks.winograd_filters_per_call ENGINE_DIR [--batch 1] [--runs 5]
+Run: .venv/bin/python -m benchmarks.winograd_filters_per_call ENGINE_DIR (built with --winograd-per-call none) [--batch 1] [--runs 5]
      [--modes stored kron kron-f4] [--chunk-mib 0] [--rows] [--no-arena]
 
 Why: a folder stores the transformed filters U = G W G^T (cmrt/engine/winograd_filters.py), which
@@ -74,6 +74,9 @@ def _winograd_record(engine: Path) -> dict:
     rec = read_manifest(engine).winograd
     if not rec or not rec.get("used") or not rec.get("filters_file"):
         raise SystemExit(f"{engine}: no Winograd CPU graph with filters in this folder (build it with `cmrt build` on a CPU)")
+    if any("chunks" in f for f in rec["filters"]):
+        raise SystemExit(f"{engine}: its Winograd graph transforms filters per call already; this script starts from "
+                         "stored filters: build a folder with `cmrt build ... --winograd-per-call none`")
     graph = onnx.load(str(engine / rec["file"]), load_external_data=False).graph
     v_shapes = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name.endswith("/v_shape")}
     for f in rec["filters"]:  # U is "<conv>/winograd/U"; V's shape [N, C, alpha^2, tiles] is "<conv>/winograd/v_shape"

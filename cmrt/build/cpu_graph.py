@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.atomic import write_bytes_atomic
-from ..engine.winograd import DEFAULT_F4_MIN_SPATIAL, DEFAULT_MIN_SPATIAL
+from ..engine.winograd import DEFAULT_BAND_MIB, DEFAULT_F4_MIN_SPATIAL, DEFAULT_MIN_SPATIAL
 from ..engine.winograd_filters import mapped_filters, write_filters
 from .cpu_timing import median_run_ms
 
@@ -67,14 +67,16 @@ def filter_location(weight, runtime_filter: dict[str, Any], weights_file: str) -
 
 
 def winograd_rewrite(folder: Path, fp32_entry: dict[str, Any], min_spatial: int = DEFAULT_MIN_SPATIAL,
-                     f4_min_spatial: int = DEFAULT_F4_MIN_SPATIAL, per_call_tiles: tuple[int, ...] = ()):
+                     f4_min_spatial: int = DEFAULT_F4_MIN_SPATIAL, per_call_tiles: tuple[int, ...] = (),
+                     band_mib: int = DEFAULT_BAND_MIB):
     """The fp32 export's Winograd rewrite, in memory: (the graph, without weights; the rewrite's
     report; where each rewritten Conv's 3x3 weights lie in the fp32 weight file).
 
     `min_spatial`, `f4_min_spatial`: the smallest map rewritten, and the smallest rewritten with
     F(4x4) tiles (cmrt/build/winograd.py says why the defaults are what they are);
     `per_call_tiles`: the tiles whose filters the graph transforms at every call instead of taking
-    them stored (`rewrite_winograd`).
+    them stored (`rewrite_winograd`); `band_mib`: the bound on a convolution's V per image above
+    which it runs in bands of rows (0: none).
     """
     import onnx
 
@@ -89,17 +91,17 @@ def winograd_rewrite(folder: Path, fp32_entry: dict[str, Any], min_spatial: int 
     model = onnx.load(str(plain), load_external_data=False)
     weights = {t.name: t for t in model.graph.initializer}  # before the rewrite drops the 3x3 ones
     report = rewrite_winograd(model, min_spatial=min_spatial, input_shapes=shapes, filters="input",
-                              f4_min_spatial=f4_min_spatial, per_call_tiles=per_call_tiles)
+                              f4_min_spatial=f4_min_spatial, per_call_tiles=per_call_tiles, band_bytes=band_mib << 20)
     filters = [filter_location(weights[f["weight"]], f, fp32_entry["external_data"]) for f in report.runtime_filters]
     return model, report, filters
 
 
 def add_winograd_graph(stage: Path, fp32_entry: dict[str, Any], unet, mode: str, scheduler: dict[str, Any],
                        sizes: tuple[int, int] = (DEFAULT_MIN_SPATIAL, DEFAULT_F4_MIN_SPATIAL),
-                       per_call_tiles: tuple[int, ...] = ()) -> dict[str, Any]:
+                       per_call_tiles: tuple[int, ...] = (), band_mib: int = DEFAULT_BAND_MIB) -> dict[str, Any]:
     """Write, validate and (in "auto" mode) time the Winograd graph beside the fp32 export;
     `sizes`: (min_spatial, f4_min_spatial) of the rewrite; `per_call_tiles`: the tiles whose
-    filters are transformed at every call rather than stored.
+    filters are transformed at every call rather than stored; `band_mib`: `winograd_rewrite`'s.
 
     Returns the manifest record; `record["used"]` says whether the file stays in the folder.
     """
@@ -110,7 +112,7 @@ def add_winograd_graph(stage: Path, fp32_entry: dict[str, Any], unet, mode: str,
     if mode not in ("auto", "always"):
         raise ValueError(f"mode must be 'auto' or 'always', got {mode!r}")
     plain = stage / fp32_entry["file"]
-    model, report, locations = winograd_rewrite(stage, fp32_entry, *sizes, per_call_tiles=per_call_tiles)
+    model, report, locations = winograd_rewrite(stage, fp32_entry, *sizes, per_call_tiles=per_call_tiles, band_mib=band_mib)
     record: dict[str, Any] = {
         "file": WINOGRAD_FILE,
         "mode": mode,

@@ -204,7 +204,7 @@ def _export_folder(source: ModelSource, out: Path, options: BuildOptions, key: s
                 bar.set_postfix_str("winograd fp32")
                 wino = entry["winograd"] = add_winograd_graph(stage, entry, unet, options.winograd, loaded.scheduler_config,
                                                               (options.winograd_min_size, options.winograd_f4_min_size),
-                                                              PER_CALL_CHOICES[options.winograd_per_call])
+                                                              PER_CALL_CHOICES[options.winograd_per_call], options.winograd_band_mib)
                 if wino["used"]:
                     wino["step"] = add_winograd_step_graph(stage, wino, unet_facts, loaded.scheduler_config)
                     files += [wino["file"], wino["filters_file"], wino["step"]["file"]]

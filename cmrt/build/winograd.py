@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..engine.winograd import DEFAULT_F4_MIN_SPATIAL, DEFAULT_MIN_SPATIAL, F2, F4, KERNEL, TILES, WinogradTile, per_call_inputs
+from ..engine.winograd import DEFAULT_BAND_MIB, DEFAULT_F4_MIN_SPATIAL, DEFAULT_MIN_SPATIAL, F2, F4, KERNEL, TILES, WinogradTile, per_call_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def per_call_chunks(k: int, c: int, tile: WinogradTile, tiles: int, chunk_bytes:
 # 256x256 maps V is 2.25x the input (F(4x4)) and is held twice while it is put tile-position-major,
 # which made those convolutions the graph's memory peak. The bands cost a copy of the input rows
 # (with a one-row halo) and one of the output (the join); maps of ImageNet-64 size stay whole.
-ROW_BAND_V_BYTES = 128 << 20
+ROW_BAND_V_BYTES = DEFAULT_BAND_MIB << 20
 
 
 def row_bands(c: int, tile: WinogradTile, th: int, tw: int, band_bytes: int = ROW_BAND_V_BYTES) -> list[tuple[int, int]]:

@@ -34,8 +34,12 @@ def add_parser(sub) -> None:
                    help=f"smallest map side rewritten with F(4x4) tiles, smaller ones get F(2x2) "
                    f"(default {d.winograd_f4_min_size}); docs/engine-folder.md has the measured trade")
     p.add_argument("--winograd-per-call", choices=tuple(PER_CALL_CHOICES), default=d.winograd_per_call,
-                   help="filters the Winograd graph transforms at every call instead of storing them: f4 (those of "
-                   "F(4x4) tiles) or all; less memory, slower (default none; docs/engine-folder.md has the measured trade)")
+                   help="filters the Winograd graph transforms at every call instead of storing them: all, f4 (those of "
+                   f"F(4x4) tiles) or none (all stored: more memory, a little faster); default {d.winograd_per_call}; "
+                   "docs/engine-folder.md has the measured trade")
+    p.add_argument("--winograd-band-mib", type=int, default=d.winograd_band_mib, metavar="MIB",
+                   help="convolutions whose transformed input tiles exceed this many MiB per image run in bands of rows: "
+                   f"less memory on large maps, slower (default {d.winograd_band_mib}; 0: none)")
     t = p.add_argument_group("TensorRT (GPU)")
     t.add_argument("--backend", choices=BUILD_BACKENDS, default="auto",
                    help="auto: add a validated TensorRT engine where a GPU and TensorRT are present (default); "
@@ -59,7 +63,7 @@ def run(args) -> int:
         precisions=tuple(args.precision), opset=args.opset, min_batch=args.min_batch, opt_batch=args.opt_batch,
         max_batch=args.max_batch, winograd=args.winograd,
         winograd_min_size=args.winograd_min_size, winograd_f4_min_size=args.winograd_f4_min_size,
-        winograd_per_call=args.winograd_per_call,
+        winograd_per_call=args.winograd_per_call, winograd_band_mib=args.winograd_band_mib,
     )
     trt_opts = TensorRTOptions(
         precision=args.trt_precision,

@@ -39,6 +39,7 @@ def run(args) -> int:
             extra = f", +{rw['added_filter_bytes'] / 1e6:.0f} MB of filters in memory" if "added_filter_bytes" in rw else ""
             per_call = sum("chunks" in f for f in w.get("filters", []))
             extra += f", {per_call} filters transformed per call" if per_call else ""
+            extra += f", {rw['in_row_bands']} in bands of rows" if rw.get("in_row_bands") else ""
             tiles = ", ".join(f"{n} {t}" for t, n in rw.get("rewritten_per_tile", {}).items())
             state = (f"{w['file']} ({rw['rewritten']} of {rw['rewritten'] + rw['kept']} convs{': ' + tiles if tiles else ''}{extra})"
                      if w["used"] else "not used")

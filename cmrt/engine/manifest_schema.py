@@ -314,6 +314,7 @@ MANIFEST = Obj(
             "winograd_min_size": Int(1, 1 << 16),
             "winograd_f4_min_size": Int(1, 1 << 16),
             "winograd_per_call": Str(choices=tuple(PER_CALL_CHOICES)),
+            "winograd_band_mib": Int(0, 1 << 20),
         }),
         "onnx": MapOf(Precision, ONNX_ENTRY, 1, len(PRECISIONS)),
         "files": MapOf(FileName, Obj({"sha256": Digest, "bytes": Int(0, MAX_FILE_BYTES)}, {"blake3": Digest}), 1, MAX_FILES),

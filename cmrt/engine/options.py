@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .io_spec import PRECISIONS
-from .winograd import DEFAULT_F4_MIN_SPATIAL, DEFAULT_MIN_SPATIAL, F4, PER_CALL_CHOICES
+from .winograd import DEFAULT_BAND_MIB, DEFAULT_F4_MIN_SPATIAL, DEFAULT_MIN_SPATIAL, F4, PER_CALL_CHOICES
 
 # The CPU graph with Winograd 3x3 convolutions (cmrt/build/winograd.py): "auto" keeps it only
 # where it measures faster than the plain graph on the build machine, "always" keeps it,
@@ -34,8 +34,13 @@ class BuildOptions:
     winograd_min_size: int = DEFAULT_MIN_SPATIAL
     winograd_f4_min_size: int = DEFAULT_F4_MIN_SPATIAL
     # Which tiles' filters the Winograd graph transforms at every call instead of storing them
-    # ("none", "f4", "all"): less memory, more multiply-adds per call (docs/engine-folder.md).
-    winograd_per_call: str = "none"
+    # ("none", "f4", "all"). "all" by default: stored filters hold 4x (F(4x4)) or 1.8x (F(2x2)) the
+    # 3x3 weights, which put the graph's memory above diffusers', and the transform's multiply-adds
+    # cost a few percent of warm latency (docs/engine-folder.md has both measured).
+    winograd_per_call: str = "all"
+    # Convolutions whose transformed input tiles exceed this many MiB per image run in bands of
+    # rows: less activation memory on large maps, some speed (docs/engine-folder.md); 0: none.
+    winograd_band_mib: int = DEFAULT_BAND_MIB
 
     def __post_init__(self) -> None:
         if self.winograd_per_call not in PER_CALL_CHOICES:
@@ -44,13 +49,15 @@ class BuildOptions:
             raise ValueError(f"winograd must be one of {WINOGRAD_MODES}, got {self.winograd!r}")
         if not self.precisions or any(p not in PRECISIONS for p in self.precisions):
             raise ValueError(f"precisions must be a non-empty subset of {PRECISIONS}, got {self.precisions}")
-        for name in ("opset", "min_batch", "opt_batch", "max_batch", "winograd_min_size", "winograd_f4_min_size"):
+        for name in ("opset", "min_batch", "opt_batch", "max_batch", "winograd_min_size", "winograd_f4_min_size", "winograd_band_mib"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, numbers.Integral):
                 raise TypeError(f"{name} must be an integer, got {v!r}")
         for name in ("winograd_min_size", "winograd_f4_min_size"):
             if not F4.m <= getattr(self, name) <= 1 << 16:
                 raise ValueError(f"{name} must be a map side between {F4.m} and {1 << 16} pixels, got {getattr(self, name)}")
+        if not 0 <= self.winograd_band_mib <= 1 << 20:
+            raise ValueError(f"winograd_band_mib must be between 0 (no bands) and {1 << 20} MiB, got {self.winograd_band_mib}")
         if not 14 <= self.opset <= 20:
             raise ValueError(f"opset must be between 14 and 20 (17 is tested), got {self.opset}")
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
@@ -61,6 +68,8 @@ class BuildOptions:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["precisions"] = sorted(self.precisions)
-        if d["winograd_per_call"] == "none":  # what folders built before the option were built with: their build key stays
+        if d["winograd_per_call"] == "none":  # as folders built before the option record it: by its absence
             del d["winograd_per_call"]
+        if d["winograd_band_mib"] == DEFAULT_BAND_MIB:  # the default, by its absence (EXPORT_RECIPE 7 on: folders before had no bands)
+            del d["winograd_band_mib"]
         return d

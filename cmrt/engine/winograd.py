@@ -24,6 +24,9 @@ KERNEL = 3  # filter size r
 # DEFAULT_MIN_SPATIAL are rewritten, those of at least DEFAULT_F4_MIN_SPATIAL with F(4x4) tiles.
 DEFAULT_MIN_SPATIAL = 16
 DEFAULT_F4_MIN_SPATIAL = 32
+# The build's default bound on a convolution's V per image, in MiB, above which it is made in
+# bands of rows (cmrt/build/winograd.py: row_bands says why); 0 makes every map whole.
+DEFAULT_BAND_MIB = 128
 
 
 @dataclass(frozen=True, eq=False)

@@ -12,7 +12,8 @@ def winograd_engine(small_models, tmp_path_factory):
 
     folder, _ = small_models["cond"]
     out = tmp_path_factory.mktemp("per-call") / "engine"
-    return build_engine_folder(str(folder), out=out, options=BuildOptions(precisions=("fp32",), max_batch=4, winograd="always"))
+    return build_engine_folder(str(folder), out=out, options=BuildOptions(precisions=("fp32",), max_batch=4, winograd="always",
+                                                                                  winograd_per_call="none"))
 
 
 @pytest.mark.parametrize("options", [[], ["--no-arena"], ["--chunk-mib", "0.01"], ["--chunk-mib", "0.01", "--rows"]])

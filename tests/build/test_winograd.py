@@ -303,12 +303,15 @@ def wide_model(tmp_path_factory):
     return save_small_model(root / "model", conditional=True, shift="scale_shift", sample_size=32), root
 
 
-def build(wide_model, mode: str):
+def build(wide_model, mode: str, per_call: str | None = None):
+    """The wide model's folder built with `--winograd MODE` (and `--winograd-per-call`, default the build's)."""
     from cmrt.build.folder import build_engine_folder
     from cmrt.engine.options import BuildOptions
 
     folder, root = wide_model
-    return build_engine_folder(str(folder), out=root / f"engine-{mode}", options=BuildOptions(precisions=("fp32",), max_batch=4, winograd=mode))
+    extra = {} if per_call is None else {"winograd_per_call": per_call}
+    return build_engine_folder(str(folder), out=root / f"engine-{mode}-{per_call or 'default'}",
+                               options=BuildOptions(precisions=("fp32",), max_batch=4, winograd=mode, **extra))
 
 
 def test_always_keeps_a_validated_winograd_graph_that_shares_the_weights(wide_model):
@@ -408,7 +411,8 @@ def test_auto_leaves_out_a_graph_too_big_for_the_machine(wide_model, monkeypatch
 
     monkeypatch.setattr(cpu_graph, "machine_memory_bytes", lambda: 1000)  # a 1 kB machine
     folder, _ = wide_model
-    m = read_manifest(build_engine_folder(str(folder), out=tmp_path / "e", options=BuildOptions(precisions=("fp32",))))
+    # stored filters: what adds memory (filters made per call add none)
+    m = read_manifest(build_engine_folder(str(folder), out=tmp_path / "e", options=BuildOptions(precisions=("fp32",), winograd_per_call="none")))
     assert not m.winograd["used"] and "more memory" in m.winograd["reason"]
     assert m.winograd["file"] not in m.data["files"] and not (m.folder / m.winograd["file"]).exists()
 
@@ -423,12 +427,21 @@ def test_bad_winograd_mode_is_refused():
 @pytest.mark.parametrize("kw, error", [
     ({"winograd_min_size": 2}, ValueError), ({"winograd_f4_min_size": 1 << 20}, ValueError),
     ({"winograd_min_size": 16.0}, TypeError), ({"winograd_f4_min_size": True}, TypeError),
+    ({"winograd_band_mib": -1}, ValueError), ({"winograd_band_mib": 1.5}, TypeError),
 ])
 def test_bad_winograd_sizes_are_refused(kw, error):
     from cmrt.engine.options import BuildOptions
 
     with pytest.raises(error, match=next(iter(kw))):
         BuildOptions(**kw)
+
+
+def test_the_band_bound_is_in_the_build_key_only_when_it_is_not_the_default():
+    from cmrt.engine.options import BuildOptions
+    from cmrt.engine.winograd import DEFAULT_BAND_MIB
+
+    assert "winograd_band_mib" not in BuildOptions().to_dict() and BuildOptions().winograd_band_mib == DEFAULT_BAND_MIB
+    assert BuildOptions(winograd_band_mib=0).to_dict()["winograd_band_mib"] == 0
 
 
 def test_the_map_size_thresholds_are_build_options_recorded_in_the_manifest(wide_model, tmp_path):
@@ -440,8 +453,8 @@ def test_the_map_size_thresholds_are_build_options_recorded_in_the_manifest(wide
 
     folder, _ = wide_model
     lean = read_manifest(build_engine_folder(str(folder), out=tmp_path / "lean", options=BuildOptions(
-        precisions=("fp32",), max_batch=4, winograd="always", winograd_f4_min_size=64)))
-    default = read_manifest(build(wide_model, "always"))
+        precisions=("fp32",), max_batch=4, winograd="always", winograd_f4_min_size=64, winograd_per_call="none")))
+    default = read_manifest(build(wide_model, "always", "none"))  # stored filters, whose bytes the thresholds change
     assert {f["tile"] for f in lean.winograd["filters"]} == {2}
     assert {f["tile"] for f in default.winograd["filters"]} == {4, 2}
     assert lean.winograd["rewrite"]["rewritten"] == default.winograd["rewrite"]["rewritten"]
@@ -464,14 +477,14 @@ def test_filters_transformed_per_call_give_the_stored_filters_images(wide_model,
     folder, _ = wide_model
     engine = build_engine_folder(str(folder), out=tmp_path / "per-call", options=BuildOptions(
         precisions=("fp32",), max_batch=4, winograd="always", winograd_per_call=per_call))
-    stored_engine = build(wide_model, "always")
+    stored_engine = build(wide_model, "always", "none")
     m, stored = read_manifest(engine), read_manifest(stored_engine)
     tiles = PER_CALL_CHOICES[per_call]
     assert {f["tile"] for f in m.winograd["filters"] if "chunks" in f} == set(tiles)
     assert all(("chunks" in f) == (f["tile"] in tiles) for f in m.winograd["filters"])
     assert m.data["files"][m.winograd["filters_file"]]["bytes"] < stored.data["files"][stored.winograd["filters_file"]]["bytes"]
     assert m.data["build_options"]["winograd_per_call"] == per_call and m.data["build_key"] != stored.data["build_key"]
-    assert "winograd_per_call" not in stored.data["build_options"]  # the default keeps the key folders were built with
+    assert "winograd_per_call" not in stored.data["build_options"]  # "none" recorded as folders from before the option record it
     assert m.winograd["validation"]["max_abs_error"] <= 1e-4
     kw = dict(batch_size=2, class_labels=[1, 7], num_inference_steps=2, seed=3, output_type="np")
     want = cmrt.load(stored_engine, backend="onnxruntime", device="cpu", winograd=True)(**kw).images

@@ -23,9 +23,7 @@ def cache(tmp_path, monkeypatch):
     return root / "onnxruntime"
 
 
-@pytest.fixture(scope="module")
-def winograd_folder(tmp_path_factory):
-    """A built folder whose CPU graph is the Winograd one (so that it has stored filters)."""
+def _winograd_build(tmp_path_factory, **options):
     pytest.importorskip("torch")
     from cmrt.build.folder import build_engine_folder
     from cmrt.engine.options import BuildOptions
@@ -34,7 +32,21 @@ def winograd_folder(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("cold")
     model = save_small_model(root / "model", conditional=True, shift="scale_shift", sample_size=32)
-    return build_engine_folder(str(model), out=root / "engine", options=BuildOptions(precisions=("fp32",), max_batch=4, winograd="always"))
+    return build_engine_folder(str(model), out=root / "engine",
+                               options=BuildOptions(precisions=("fp32",), max_batch=4, winograd="always", **options))
+
+
+@pytest.fixture(scope="module")
+def winograd_folder(tmp_path_factory):
+    """A built folder whose CPU graph is the Winograd one, with stored filters."""
+    return _winograd_build(tmp_path_factory, winograd_per_call="none")
+
+
+@pytest.fixture(scope="module")
+def per_call_folder(tmp_path_factory):
+    """The same, built with the default options: the graph transforms every filter per call,
+    reading the 3x3 weights from the weight file at each call."""
+    return _winograd_build(tmp_path_factory)
 
 
 def copy_of(folder, tmp_path):
@@ -81,6 +93,17 @@ def test_a_flipped_byte_in_the_weight_file_is_refused_before_the_first_image(win
         cmrt.load(engine, device="cpu")
     print(e.value)
     assert weights.name in str(e.value)
+
+
+def test_a_flipped_byte_in_the_weight_file_that_the_graph_reads_per_call_is_refused(per_call_folder, tmp_path, cache):
+    engine = copy_of(per_call_folder, tmp_path)
+    rec = read_manifest(engine).winograd
+    assert rec["filters"] and all("chunks" in f for f in rec["filters"])  # no filter stored: U made per call
+    assert cmrt.load(engine, device="cpu").backend.cache == "written"
+    flip_middle_byte(engine / rec["weights_file"])
+    with pytest.raises(EngineFolderError, match="does not match its checksum") as e:
+        cmrt.load(engine, device="cpu")
+    assert rec["weights_file"] in str(e.value)
 
 
 def test_a_flipped_byte_in_the_stored_filters_is_refused(winograd_folder, tmp_path, cache):
