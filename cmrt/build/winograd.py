@@ -20,10 +20,13 @@ from memory, so F(2x2)'s 16 values per filter run about as fast as F(4x4)'s 36 w
 under half the bytes; on a large map the multiplies dominate and F(4x4) wins
 (benchmarks/winograd_min_spatial.py measures both).
 
-With `filters="input"` (what `cmrt build` uses) each U is a graph input that the build
-computes once and stores (cmrt/engine/winograd_filters.py); with `filters="fold"` it stays in the
-graph as MatMuls over the weight initializer, which ONNX Runtime folds when it creates the
-session: a self-contained graph, but several times slower to open.
+With `filters="input"` (what `cmrt build` uses) each U the graph does not make itself is a graph
+input that the build computes once and stores (cmrt/engine/winograd_filters.py); `per_call_tiles`
+(by default every tile, `BuildOptions.winograd_per_call`) has the graph make U from the 3x3
+weights just before its GEMMs instead, so that U is never held whole. With `filters="fold"` U
+stays in the graph as MatMuls over the weight initializer, which ONNX Runtime folds when it
+creates the session: a self-contained graph, but several times slower to open. Convolutions
+with a large V run in bands of rows (`row_bands`).
 
 Where it does not pay, the Conv is left alone: strided, grouped, dilated or non-3x3
 convolutions, those with a handful of channels (the RGB ends), odd spatial sizes, and small
@@ -84,8 +87,9 @@ def row_bands(c: int, tile: WinogradTile, th: int, tw: int, band_bytes: int = RO
     return [(i * rows, (i + 1) * rows) for i in range(n)]
 
 
-def band_suffix(b: int) -> str:
-    return f"/band{b}"
+def band_suffix(b: int, bands: int) -> str:
+    """What names band b's tensors among `bands`: nothing when the map is whole."""
+    return f"/band{b}" if bands > 1 else ""
 
 
 @dataclass
@@ -264,7 +268,7 @@ def rewrite_winograd(
             # GEMM. Each part's weights therefore pass through a Reshape whose shape is [rows, 9]
             # plus zeros taken from V's shape (the first band's): a few integer ops, after which no
             # order can make U before V, that is before the convolution's input is ready.
-            v_first = f"{p}/V" + (band_suffix(0) if len(bands) > 1 else "")
+            v_first = f"{p}/V" + band_suffix(0, len(bands))
             after_v = [
                 helper.make_node("Shape", [v_first], [f"{p}/V_shape"]),
                 helper.make_node("Slice", [f"{p}/V_shape", const("cmrt_winograd/int0", [0], np.int64),
@@ -301,7 +305,7 @@ def rewrite_winograd(
         y = out if bias is None else f"{p}/Y"
         band_outputs = []
         for b, (r0, r1) in enumerate(bands):
-            sfx = band_suffix(b) if len(bands) > 1 else ""
+            sfx = band_suffix(b, len(bands))
             tb = (r1 - r0) // m  # tile rows of this band
             x_band, top, bottom = x, 1, 1
             if len(bands) > 1:

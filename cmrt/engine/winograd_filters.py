@@ -53,7 +53,8 @@ def write_filters(folder, record: dict, name: str) -> int:
 
 
 def mapped_filters(folder, record: dict) -> dict[str, np.ndarray]:
-    """The stored transformed filters, memory-mapped read-only (no copy, no computation)."""
+    """The Winograd graph's filter inputs, memory-mapped read-only (no copy, no computation): the
+    stored transformed filters, and the 3x3 weights of those made per call (`per_call_weights`)."""
     from .errors import EngineFolderError
     from .manifest import inside
 

@@ -90,6 +90,22 @@ def run(model: onnx.ModelProto, x: np.ndarray, feeds: dict | None = None) -> np.
 PAD1 = {"pads": [1, 1, 1, 1]}
 
 
+def filter_feeds(report, weights: dict) -> dict:
+    """What the runtime feeds a graph rewritten with filters="input": each stored U computed from
+    its 3x3 weights, and each per-call part's weights as [Kc*C, 9] rows."""
+    from cmrt.engine.winograd import per_call_inputs
+
+    feeds = {}
+    for f in report.runtime_filters:
+        w = weights[f["weight"]]
+        if "chunks" in f:
+            rows = w.reshape(-1, 9)
+            feeds.update({name: rows[k0 * w.shape[1]:k1 * w.shape[1]] for name, k0, k1 in per_call_inputs(f)})
+        else:
+            feeds[f["input"]] = TILES[f["tile"]].transform_filters(w)
+    return feeds
+
+
 @pytest.mark.parametrize("f4_min_spatial, tile", [(16, F4), (32, F2)], ids=["F4", "F2"])
 def test_rewrite_matches_direct_convolution_at_any_batch(f4_min_spatial, tile):
     model = conv_model([(24, 3, PAD1, True), (16, 3, PAD1, False)], c_in=8, size=16)
@@ -134,7 +150,7 @@ def test_filters_as_inputs_match_the_folded_graph_and_drop_the_3x3_weights():
     assert [f["weight"] for f in report.runtime_filters] == ["w0", "w1"]
     assert not {"w0", "w1"} & {t.name for t in as_inputs.graph.initializer}
     assert [f["tile"] for f in report.runtime_filters] == [2, 2]  # 16x16 maps
-    feeds = {f["input"]: TILES[f["tile"]].transform_filters(weights[f["weight"]]) for f in report.runtime_filters}
+    feeds = filter_feeds(report, weights)
     x = np.random.default_rng(5).standard_normal((2, 8, 16, 16)).astype(np.float32)
     got, want = run(as_inputs, x, feeds), run(model, x)
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
@@ -146,8 +162,6 @@ def test_filters_as_inputs_match_the_folded_graph_and_drop_the_3x3_weights():
 def test_filters_transformed_per_call_match_the_direct_convolution(chunk_bytes):
     """Per-call filters: the graph takes each part of the 3x3 weights as [Kc*C, 9] rows and makes U
     itself; with a small `chunk_bytes` a GEMM with fewer tiles than input channels runs in parts."""
-    from cmrt.engine.winograd import per_call_inputs
-
     # conv0: a 16x16 map with F(4x4): 16 tiles, 40 input channels, so it may split; conv1 (strided) stays
     # a Conv; conv2: an 8x8 map with F(2x2), stored (its tile is not per call)
     strided = {"pads": [1, 1, 1, 1], "strides": [2, 2]}
@@ -166,9 +180,7 @@ def test_filters_transformed_per_call_match_the_direct_convolution(chunk_bytes):
     concats = [n for n in per_call.graph.node if n.op_type == "Concat" and n.name.startswith("conv0/")]
     assert len(concats) == (1 if chunk_bytes else 0)
     onnx.checker.check_model(per_call)
-    rows = weights["w0"].reshape(-1, 9)
-    feeds = {name: rows[k0 * 40 : k1 * 40] for name, k0, k1 in per_call_inputs(first)}
-    feeds[second["input"]] = F2.transform_filters(weights["w2"])
+    feeds = filter_feeds(report, weights)
     x = np.random.default_rng(6).standard_normal((2, 40, 16, 16)).astype(np.float32)
     got, want = run(per_call, x, feeds), run(model, x)
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
@@ -206,8 +218,6 @@ def test_per_call_transforms_cannot_run_before_their_convolution_s_input():
 def test_a_convolution_made_in_bands_of_rows_matches_the_direct_one(f4_min_spatial, tile, per_call):
     """Bands of rows, each with its one-row halo and the zero padding only at the map's edges,
     give the whole map's convolution at any batch, with stored or per-call filters."""
-    from cmrt.engine.winograd import per_call_inputs
-
     model = conv_model([(24, 3, PAD1, True), (16, 3, PAD1, False)], c_in=8, size=16)
     weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     banded = onnx.ModelProto()
@@ -217,14 +227,7 @@ def test_a_convolution_made_in_bands_of_rows_matches_the_direct_one(f4_min_spati
                                  band_bytes=v_bytes // 4)
     assert report.row_bands["conv0"] == 4 and report.to_dict()["in_row_bands"] == len(report.row_bands)
     onnx.checker.check_model(banded)
-    feeds = {}
-    for f in report.runtime_filters:
-        w = weights[f["weight"]]
-        if "chunks" in f:
-            rows = w.reshape(-1, 9)
-            feeds.update({name: rows[k0 * w.shape[1]:k1 * w.shape[1]] for name, k0, k1 in per_call_inputs(f)})
-        else:
-            feeds[f["input"]] = tile.transform_filters(w)
+    feeds = filter_feeds(report, weights)
     for batch in (1, 3):
         x = np.random.default_rng(batch).standard_normal((batch, 8, 16, 16)).astype(np.float32)
         want, got = run(model, x), run(banded, x, feeds)
